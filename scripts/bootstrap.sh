@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtualenv .venv inside the checkout and installs tfos with its test and
+# example extras. Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+python=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[tfos] creating virtualenv $venv" >&2
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.tfos-installed"
+if [ ! -f "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ]; then
+  echo "[tfos] installing tfos and its dependencies into $venv (first time: about 2 minutes)" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$venv/bin/python" -m pip install --quiet -e "$root[test,examples]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('tfos', 'pyspark', 'tensorflow', 'tf_keras', 'grpc')))" \
+    || { echo "[tfos] install failed: run '$venv/bin/python -m pip install -e $root[test,examples]' to see why" >&2; exit 1; }
+  touch "$stamp"
+fi

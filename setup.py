@@ -1,0 +1,26 @@
+"""tfos: TensorFlow on Apache Spark."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfos",
+    version="0.1.0",
+    description="TensorFlow on Apache Spark: launch TF clusters from Spark and feed them Spark data",
+    packages=find_packages(include=["tfos", "tfos.*", "rdma", "rdma.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "pyspark>=4.0,<5",
+        # The full `tensorflow` wheel, not `tensorflow-cpu`: it runs on CPU and GPU hosts alike,
+        # and tf-keras declares a dependency on `tensorflow`, so tensorflow-cpu would need a
+        # --no-deps install that leaves `pip check` broken. See README "Dependencies".
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "numpy",
+        "grpcio>=1.60",
+        "cloudpickle",
+        "psutil",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "scikit-learn"],
+        "examples": ["scikit-learn"],
+    },
+)
