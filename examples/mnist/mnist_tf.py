@@ -1,0 +1,134 @@
+"""Trains a small CNN on MNIST-shaped data with plain TensorFlow: no Spark needed.
+
+``main_fun(args, ctx)`` is the whole training. Run as a script it is called once with
+``ctx=None``; ``mnist_spark.py`` runs the very same function on every node of a tfos cluster.
+The strategy follows ``TF_CONFIG``, whoever set it (you, or tfos on a Spark executor):
+
+* no ``TF_CONFIG``: one process, MultiWorkerMirroredStrategy with a single worker;
+* a cluster of ``chief``/``worker`` tasks: MultiWorkerMirroredStrategy, every task trains;
+* a cluster with a ``ps`` job: ParameterServerStrategy; the ``chief`` is the coordinator that
+  runs ``model.fit``, the ``worker`` and ``ps`` tasks only serve (``server.join()``).
+
+At the end the chief evaluates the trained weights on the whole test set, prints one line
+``test accuracy: 0.XXXX`` and, with ``--model_dir``, saves a SavedModel there.
+
+Usage (after ``python examples/mnist/mnist_data_setup.py --output data/mnist``)::
+
+    python examples/mnist/mnist_tf.py --data_dir data/mnist --epochs 3
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+SEED = 42
+
+
+def add_arguments(parser):
+    """The flags of this example; mnist_spark.py adds the same ones to the tfos parser."""
+    parser.add_argument("--data_dir", default="data/mnist",
+                        help="output of mnist_data_setup.py, with train/ and test/ (default: %(default)s)")
+    parser.add_argument("--format", choices=["tfrecord", "csv"], default="tfrecord",
+                        help="which of the written shards to read (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="global batch size, split across the workers (default: %(default)s)")
+    parser.add_argument("--model_dir", help="where the chief saves the trained model (SavedModel)")
+    return parser
+
+
+def main_fun(args, ctx):
+    # TensorFlow is imported here, not at the top: it must start after TF_CONFIG and
+    # TF_USE_LEGACY_KERAS are in the environment, and the Spark driver importing this module
+    # for main_fun has no use for it.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import mnist_model
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})
+    task_type, task_index = task.get("type"), task.get("index", 0)
+    use_ps = bool(cluster.get("ps"))
+    if use_ps and task_type in ("worker", "ps"):
+        return _serve(tf, ctx)
+    if task_type == "evaluator":
+        print("mnist: the chief evaluates at the end of training; nothing to do on an evaluator")
+        return
+    is_chief = task_type in (None, "chief") or (task_type == "worker" and task_index == 0
+                                                and "chief" not in cluster)
+
+    tf.keras.utils.set_random_seed(SEED)
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if use_ps:
+        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+    else:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+    train_files = mnist_model.list_files(args.data_dir, "train", args.format)
+
+    def train_dataset(input_context):
+        # Each worker reads its own share (whole files when they divide evenly, else records),
+        # repeated: steps_per_epoch ends every epoch, so all workers run the same number of steps.
+        return mnist_model.make_dataset(
+            train_files, input_context.get_per_replica_batch_size(args.batch_size),
+            shuffle=True, repeat=True, seed=SEED,
+            shard=(input_context.num_input_pipelines, input_context.input_pipeline_id))
+
+    with strategy.scope():
+        model = mnist_model.build_model()
+    steps_per_epoch = -(-mnist_model.count_records(train_files) // args.batch_size)
+    print("mnist: %s on %s:%d, %d %s files, %d steps per epoch" % (
+        "ParameterServerStrategy" if use_ps else "MultiWorkerMirroredStrategy",
+        task_type or "local", task_index, len(train_files), args.format, steps_per_epoch))
+    start = time.time()
+    model.fit(tf.keras.utils.experimental.DatasetCreator(train_dataset), epochs=args.epochs,
+              steps_per_epoch=steps_per_epoch, verbose=2 if is_chief else 0)
+    print("mnist: trained %d epochs in %.1f s" % (args.epochs, time.time() - start))
+
+    if args.model_dir:
+        _save(model, args.model_dir, is_chief, use_ps)
+    if is_chief:
+        print("test accuracy: %.4f" % _evaluate(model, args, mnist_model))
+
+
+def _serve(tf, ctx):
+    """Runs this task's TensorFlow server for a ParameterServerStrategy coordinator; never returns."""
+    if ctx is not None:
+        _, server = ctx.start_cluster_server()
+    else:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                      task_index=resolver.task_id,
+                                      protocol=resolver.rpc_layer or "grpc", start=True)
+    server.join()
+
+
+def _save(model, model_dir, is_chief, use_ps):
+    """Saves on the chief. Under MultiWorkerMirroredStrategy every worker must take part in the
+    save, so the others write to a throw-away directory."""
+    if is_chief:
+        model.save(model_dir)
+        print("mnist: saved the model to %s" % model_dir)
+    elif not use_ps:
+        scratch = tempfile.mkdtemp(prefix="mnist-worker-model-")
+        try:
+            model.save(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _evaluate(model, args, mnist_model):
+    """Accuracy of the trained weights on the whole test set, computed in this process alone
+    (a plain copy of the model, so no other worker has to take part)."""
+    local = mnist_model.build_model()
+    local.set_weights(model.get_weights())
+    test_files = mnist_model.list_files(args.data_dir, "test", args.format)
+    _, accuracy = local.evaluate(mnist_model.make_dataset(test_files, 256), verbose=0)
+    return accuracy
+
+
+if __name__ == "__main__":
+    parser = add_arguments(argparse.ArgumentParser(description="MNIST with plain TensorFlow"))
+    main_fun(parser.parse_args(), None)
