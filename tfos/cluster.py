@@ -1,0 +1,252 @@
+"""``TFCluster``: start a TensorFlow cluster on Spark executors and stop it (driver side).
+
+``TFCluster.run`` (1) validates the configuration and runs the preflight checks, (2) starts the
+cluster's control service with a fresh secret, (3) submits the node stage, one barrier task
+per node, from a background thread under its own Spark job group, and (4) returns once every
+node has registered. ``shutdown`` waits for the nodes that run to completion, stops the ones
+that only serve (parameter servers), and cancels the job group, so no process is left behind.
+A node failure stops the whole cluster within seconds and is raised, root cause first.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import sys
+import threading
+from typing import Any, Callable, TextIO
+
+from tfos import auth, preflight
+from tfos.cluster_state import ClusterState
+from tfos.config import ClusterConfig, InputMode
+from tfos.control_service import ControlService
+from tfos.errors import ClusterFailed, ConfigError, NodeFailed, TfosError
+from tfos.node_task import NodeStageSpec, node_partition, python_version, tensorflow_version
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
+
+
+class TFCluster:
+    """A running TF cluster; create it with :meth:`TFCluster.run`."""
+
+    def __init__(self, sc, config: ClusterConfig, state: ClusterState, service: ControlService):
+        self.sc = sc
+        self.config = config
+        self.state = state
+        self.cluster_id = secrets.token_hex(4)
+        self.job_group = f"tfos-{self.cluster_id}"
+        self._service = service
+        self._job_thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._shutdown_done = False
+
+    @classmethod
+    def run(cls, sc, map_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int,
+            num_ps: int = 0, tensorboard: bool = False,
+            input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
+            driver_ps_nodes: bool = False, master_node: str | None = None,
+            reservation_timeout: float = 120.0, queues=None, eval_node: bool = False,
+            release_port: bool = True, *, log_stream: TextIO | None = sys.stderr,
+            **options) -> "TFCluster":
+        """Starts ``map_fun(tf_args, ctx)`` on ``num_executors`` TF nodes; returns once all run.
+
+        ``sc`` is a SparkContext or a (classic) SparkSession. The TensorFlowOnSpark arguments
+        keep their meaning; ``driver_ps_nodes`` is not supported (parameter servers run on
+        executors) and ``queues``/``release_port`` are accepted and ignored. ``log_stream``
+        receives every node's output lines prefixed ``[role:index@host]`` (None: keep them only
+        for error reports). Further keyword ``options`` are fields of ``tfos.ClusterConfig``
+        (``driver_host``, ``env``, ``legacy_keras``, ``heartbeat_timeout``, ...).
+        """
+        sc = spark_context(sc)
+        if driver_ps_nodes:
+            raise ConfigError("driver_ps_nodes=True: tfos runs parameter servers on executors "
+                              "only; drop the argument and count them in num_executors")
+        unknown = set(options) - set(ClusterConfig.__dataclass_fields__) - {"roles"}
+        if unknown or "roles" in options:
+            raise ConfigError(f"unknown TFCluster.run options {sorted(unknown or {'roles'})}; "
+                              f"valid ones: {sorted(set(ClusterConfig.__dataclass_fields__) - {'roles'})}")
+        config = ClusterConfig(num_executors=num_executors, num_ps=num_ps,
+                               master_node=master_node, eval_node=eval_node,
+                               input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
+                               reservation_timeout=reservation_timeout, **options)
+        if config.input_mode != InputMode.TENSORFLOW:
+            raise ConfigError("input_mode=InputMode.SPARK is not available in this version of "
+                              "tfos; use InputMode.TENSORFLOW (the TF code reads its own data)")
+        payload = pickle_map_fun(map_fun, tf_args)
+        preflight.check(sc, config, slots_needed=config.num_nodes)
+        host = config.driver_host or sc.getConf().get("spark.driver.host")
+        cluster: TFCluster | None = None
+        state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
+                             log_stream=log_stream,
+                             on_failure=lambda: cluster is not None and cluster._on_failure())
+        secret = auth.new_secret()
+        service = ControlService(state, secret, host).start()
+        cluster = cls(sc, config, state, service)
+        try:
+            cluster._launch(NodeStageSpec(config, service.address, secret, payload,
+                                          default_fs(sc)))
+        except BaseException:
+            cluster._stop_everything()
+            raise
+        return cluster
+
+    # -- launch ---------------------------------------------------------------------------
+    def _launch(self, spec: NodeStageSpec) -> None:
+        self._job_thread = threading.Thread(target=self._run_node_job, args=(spec,),
+                                            name=f"tfos-nodes-{self.cluster_id}", daemon=True)
+        self._job_thread.start()
+        threading.Thread(target=self._watch_liveness, name=f"tfos-watchdog-{self.cluster_id}",
+                         daemon=True).start()
+        self.state.wait_registered(self.config.reservation_timeout)
+        logger.info("TF cluster %s is up: %s", self.cluster_id,
+                    ", ".join(n.label for n in self.state.nodes.values()))
+
+    def _run_node_job(self, spec: NodeStageSpec) -> None:
+        failure = None
+        try:
+            self.sc.setJobGroup(self.job_group, f"tfos cluster {self.cluster_id}: "
+                                f"{self.config.num_nodes} TF nodes", interruptOnCancel=True)
+            rdd = self.sc.parallelize(range(self.config.num_nodes), self.config.num_nodes)
+            rdd.barrier().mapPartitions(functools.partial(node_partition, spec)).collect()
+        except Exception as exc:  # any Spark/py4j failure of the node job
+            if not self.state.stop_requested:
+                failure = NodeFailed("node stage", self.sc.getConf().get("spark.master", "?"),
+                                     "the Spark job running the TF nodes failed: "
+                                     + summarize_spark_error(exc))
+        self.state.end_job(failure)
+
+    def _watch_liveness(self) -> None:
+        while not self._closed.wait(self.config.heartbeat_interval):
+            self.state.check_liveness()
+
+    def _on_failure(self) -> None:
+        # Called under the state's lock: hand the clean-up to a thread of its own.
+        threading.Thread(target=self._stop_nodes, name=f"tfos-stop-{self.cluster_id}",
+                         daemon=True).start()
+
+    def _stop_nodes(self) -> None:
+        """Orders every node to stop, then cancels the Spark job if it has not ended."""
+        self.state.request_stop()
+        grace = self.config.kill_grace + 3 * self.config.heartbeat_interval + 2
+        if self._job_thread is not None:
+            self._job_thread.join(grace)
+            if self._job_thread.is_alive():
+                logger.warning("TF nodes did not stop within %.0fs; cancelling Spark job group %s",
+                               grace, self.job_group)
+                self.sc.cancelJobGroup(self.job_group)
+                self._job_thread.join(grace)
+
+    def _stop_everything(self) -> None:
+        self._stop_nodes()
+        self._closed.set()
+        self._service.stop()
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def cluster_info(self) -> list[dict]:
+        """One dict per node: id, job name, task index, host, TF port, process id."""
+        return [{"executor_id": n.role.node_id, "worker_num": n.role.node_id,
+                 "job_name": n.role.job_name, "task_index": n.role.task_index,
+                 "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
+                 "pid": n.pid, "state": n.state.value if n.state else None}
+                for n in self.state.nodes.values()]
+
+    def tensorboard_url(self, timeout: float = 60.0) -> str | None:
+        """TensorBoard's URL once it serves (None when started without ``tensorboard``)."""
+        if not self.config.tensorboard:
+            return None
+        with self.state.changed:
+            self.state.changed.wait_for(lambda: "tensorboard" in self.state.services
+                                        or self.state.failures, timeout)
+            return self.state.services.get("tensorboard")
+
+    def shutdown(self, grace_secs: float = 0, timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT):
+        """Waits for the nodes to finish, stops the servers, releases the executors.
+
+        Waits up to ``timeout`` seconds (None: no limit) for every chief, worker and evaluator
+        to return from ``map_fun`` (ps nodes, and any node blocked in ``server.join()``, only
+        serve and are stopped), then ``grace_secs`` more (e.g. for TensorBoard), then stops the
+        cluster. Raises ClusterFailed when a node failed, first failure first.
+        """
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        try:
+            self.state.wait_finished(timeout)
+            if grace_secs > 0:
+                self._closed.wait(grace_secs)
+        finally:
+            self._stop_everything()
+        if self.state.failures:
+            raise ClusterFailed(f"the TF cluster failed: {self.state.failures[0]}",
+                                tuple(self.state.failures))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown()
+        else:
+            self._shutdown_done = True
+            self._stop_everything()
+
+
+def spark_context(sc_or_session):
+    """The SparkContext of a SparkContext or a classic SparkSession."""
+    sc = getattr(sc_or_session, "sparkContext", sc_or_session)
+    try:
+        sc._jsc  # noqa: B018 - only classic (JVM-backed) contexts have one
+    except Exception:
+        raise ConfigError("tfos needs a classic SparkSession or SparkContext; Spark Connect "
+                          "sessions cannot run barrier jobs. Build the session without "
+                          "spark.remote / SPARK_REMOTE") from None
+    return sc
+
+
+def default_fs(sc) -> str:
+    return sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+
+
+def pickle_map_fun(map_fun, tf_args) -> bytes:
+    """Pickles ``(map_fun, tf_args)`` for the TF nodes, naming the culprit when it cannot.
+
+    A function from a user module that executors cannot import (a script beside the driver's
+    main file, say) is pickled by value, so migrated scripts need no ``--py-files``.
+    """
+    from pyspark import cloudpickle
+    module = sys.modules.get(getattr(map_fun, "__module__", None) or "")
+    by_value = module is not None and _is_user_module(module)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps((map_fun, tf_args))
+    except Exception as exc:
+        raise ConfigError(
+            f"map_fun {getattr(map_fun, '__qualname__', map_fun)!r} or its args cannot be "
+            f"pickled for the TF nodes: {type(exc).__name__}: {exc}. Define map_fun at module "
+            "level and keep SparkContext, sessions, locks and open files out of what it "
+            "captures") from None
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _is_user_module(module) -> bool:
+    path = getattr(module, "__file__", None)
+    if module.__name__ == "__main__" or not path:
+        return False  # __main__ is pickled by value already; builtins have no file
+    parts = os.path.abspath(path).split(os.sep)
+    return ("site-packages" not in parts and "dist-packages" not in parts
+            and not module.__name__.startswith(("tfos.", "pyspark.")))
+
+
+def summarize_spark_error(exc: BaseException, max_lines: int = 25) -> str:
+    """The informative head of a Spark/py4j error: messages and Python tracebacks, no JVM frames."""
+    lines = [line for line in str(exc).splitlines()
+             if line.strip() and not line.lstrip().startswith("at ")
+             and not line.startswith("\tat ")]
+    return "\n".join(lines[:max_lines]) or type(exc).__name__

@@ -1,0 +1,78 @@
+"""The one frozen, validated configuration of a cluster (driver side; shipped to node tasks).
+
+``TFCluster.run`` builds a :class:`ClusterConfig` from its arguments; every value is checked
+here, once, and a bad one raises :class:`~tfos.errors.ConfigError` quoting it with the fix.
+The object is plain data (picklable) so node tasks receive it inside the Spark closure.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from tfos import topology
+from tfos.errors import ConfigError
+
+
+class InputMode(enum.IntEnum):
+    """Where a node's data comes from (TensorFlowOnSpark's names and values)."""
+
+    TENSORFLOW = 0  # the TF code reads its own files
+    SPARK = 1       # Spark partitions are streamed into the nodes
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    num_executors: int
+    num_ps: int = 0
+    master_node: str | None = None
+    eval_node: bool = False
+    input_mode: InputMode = InputMode.TENSORFLOW
+    tensorboard: bool = False
+    log_dir: str | None = None
+    # Seconds the driver waits for every node to register after the node job is submitted.
+    reservation_timeout: float = 120.0
+    # Seconds the driver waits for enough executor slots to appear (executors still starting).
+    slot_wait_timeout: float = 60.0
+    heartbeat_interval: float = 1.0
+    # A node task silent for this long is declared lost.
+    heartbeat_timeout: float = 20.0
+    # Seconds between SIGTERM and SIGKILL when a node's process group is stopped.
+    kill_grace: float = 3.0
+    # Sets TF_USE_LEGACY_KERAS=1 in nodes: Keras 3 `fit` fails under the multi-worker strategies.
+    legacy_keras: bool = True
+    # Extra environment variables for the TF node processes.
+    env: tuple[tuple[str, str], ...] = ()
+    # Address the driver's control service advertises to executors; None: detect.
+    driver_host: str | None = None
+    # Lines of each node's output kept for error reports.
+    log_tail_lines: int = 40
+    roles: tuple[topology.Role, ...] = field(init=False)
+
+    def __post_init__(self):
+        if not isinstance(self.num_executors, int) or isinstance(self.num_executors, bool):
+            raise ConfigError(f"num_executors={self.num_executors!r}: pass an int, the number "
+                              "of TF nodes (one per executor)")
+        try:
+            mode = InputMode(self.input_mode)
+        except ValueError:
+            raise ConfigError(f"input_mode={self.input_mode!r}: use tfos.InputMode.TENSORFLOW "
+                              "or tfos.InputMode.SPARK") from None
+        object.__setattr__(self, "input_mode", mode)
+        for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
+                     "heartbeat_timeout", "kill_grace"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name}={value!r}: pass a positive number of seconds")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ConfigError(f"heartbeat_timeout={self.heartbeat_timeout} must exceed twice "
+                              f"heartbeat_interval={self.heartbeat_interval}")
+        if self.num_ps >= self.num_executors:
+            raise ConfigError(f"num_ps={self.num_ps} must be less than num_executors="
+                              f"{self.num_executors}: every cluster needs a node that trains")
+        object.__setattr__(self, "roles", topology.plan_roles(
+            self.num_executors, self.num_ps, self.master_node, self.eval_node))
+        object.__setattr__(self, "env", tuple((str(k), str(v)) for k, v in dict(self.env).items()))
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.roles)

@@ -1,0 +1,95 @@
+"""The ``ctx`` handed to ``map_fun(args, ctx)`` (runs inside the TF node process).
+
+Carries the node's identity (job name, task index, cluster spec) and helpers for
+TensorFlow-native set-up. TensorFlow is imported lazily, only by the helpers that need it, so
+``TF_CONFIG`` and the user's own environment settings take effect before TF loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from tfos import fs
+from tfos.errors import ConfigError
+
+NODE_INFO_ENV = "TFOS_NODE_INFO"
+STATUS_FD_ENV = "TFOS_STATUS_FD"
+
+
+class NodeContext:
+    """What a node knows about itself and its cluster (TensorFlowOnSpark's ``TFNodeContext``).
+
+    Attributes: ``job_name`` ("chief", "worker", "ps", "evaluator"), ``task_index``,
+    ``worker_num`` (this node's id, 0..n-1, unique across jobs), ``num_workers`` (the chief
+    plus the workers), ``cluster_spec`` (job name -> list of "host:port"), ``defaultFS``,
+    ``working_dir``, ``host``, ``log_dir`` (the TensorBoard log directory, or None).
+    """
+
+    def __init__(self, info: dict, status_fd: int | None = None):
+        self.job_name: str = info["job_name"]
+        self.task_index: int = info["task_index"]
+        self.worker_num: int = info["node_id"]
+        self.executor_id: int = info["node_id"]
+        self.num_workers: int = info["num_workers"]
+        self.cluster_spec: dict[str, list[str]] = info["cluster_spec"]
+        self.defaultFS: str = info["default_fs"]
+        self.working_dir: str = info["working_dir"]
+        self.host: str = info["host"]
+        self.log_dir: str | None = info.get("log_dir")
+        self._status_fd = status_fd
+
+    @classmethod
+    def from_environment(cls) -> "NodeContext":
+        status_fd = os.environ.pop(STATUS_FD_ENV, None)
+        return cls(json.loads(os.environ.pop(NODE_INFO_ENV)),
+                   int(status_fd) if status_fd else None)
+
+    def absolute_path(self, path: str) -> str:
+        """``path`` qualified against the default filesystem (see ``tfos.fs.absolute_path``)."""
+        return fs.absolute_path(path, self.defaultFS, self.working_dir)
+
+    def cluster_resolver(self):
+        """TensorFlow's resolver for this node, read from ``TF_CONFIG``."""
+        import tensorflow as tf
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+    def start_cluster_server(self, num_gpus: int = 0, rdma: bool = False):
+        """Starts this node's ``tf.distribute.Server``; returns ``(tf.train.ClusterSpec, server)``.
+
+        For TF1-style between-graph replication and for the ps/worker nodes of
+        ParameterServerStrategy. ``server.join()`` tells tfos the node now only serves, so the
+        driver stops it once the nodes that run to completion (chief, workers) have finished.
+        """
+        if rdma:
+            raise ConfigError("start_cluster_server(rdma=True): TensorFlow 2.21 has no RDMA "
+                              "protocol for its own gRPC runtime; leave rdma=False")
+        if self.job_name not in self.cluster_spec:
+            raise ConfigError(f"start_cluster_server() on a {self.job_name!r} node: only nodes "
+                              f"in the cluster spec ({sorted(self.cluster_spec)}) run a server")
+        import tensorflow as tf
+        spec = tf.train.ClusterSpec(self.cluster_spec)
+        config = None
+        if num_gpus == 0:
+            config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+        server = tf.distribute.Server(spec, job_name=self.job_name, task_index=self.task_index,
+                                      config=config, start=True)
+        return spec, ClusterServer(server, self._notify_serving)
+
+    def _notify_serving(self) -> None:
+        if self._status_fd is not None:
+            os.write(self._status_fd, b"serving\n")
+
+
+class ClusterServer:
+    """A ``tf.distribute.Server`` whose ``join()`` first tells the supervisor it is serving."""
+
+    def __init__(self, server, on_join):
+        self._server = server
+        self._on_join = on_join
+
+    def join(self):
+        self._on_join()
+        self._server.join()
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)

@@ -1,0 +1,100 @@
+"""The driver's control service: a gRPC server the node tasks report to (driver side).
+
+One service per cluster, on an ephemeral port of the advertised address. Methods are unary;
+requests and replies are the typed JSON messages of ``tfos.messages``. Every request must be
+signed with the cluster's secret (``tfos.auth``); a bad or replayed signature is refused with
+UNAUTHENTICATED and a malformed body with INVALID_ARGUMENT, and the service keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+
+from tfos import auth
+from tfos import messages as m
+from tfos.cluster_state import ClusterState
+from tfos.errors import AuthenticationError, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "tfos.Control"
+
+# method name -> (request type, reply type, ClusterState handler name)
+METHODS = {
+    "Register": (m.Register, m.RegisterReply, "register"),
+    "Heartbeat": (m.Heartbeat, m.HeartbeatReply, "heartbeat"),
+    "Logs": (m.LogLines, m.Ack, "log_lines"),
+    "Status": (m.NodeStatus, m.Ack, "status"),
+    "ServiceUrl": (m.ServiceUrl, m.Ack, "service_url"),
+}
+
+
+def method_path(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+class ControlService:
+    """Serves ``state`` on ``host``; use as a context manager, or ``start``/``stop``."""
+
+    def __init__(self, state: ClusterState, secret: bytes, host: str, max_workers: int = 8):
+        self.state = state
+        self.host = host
+        self._verifier = auth.Verifier(secret)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfos-control"),
+            options=[("grpc.max_receive_message_length", m.MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+                        self._handler(name, req, getattr(state, attr)),
+                        response_serializer=m.encode)
+                    for name, (req, _reply, attr) in METHODS.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        bind = f"[{host}]:0" if ":" in host else f"{host}:0"
+        self.port = self._server.add_insecure_port(bind)
+        if self.port == 0:
+            raise OSError(f"control service could not bind to {host}: set driver_host to an "
+                          "address of this machine that the executors can reach")
+        self.rejected = 0
+        self._rejected_lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _handler(self, name: str, request_type: type, handle):
+        path = method_path(name)
+
+        def serve(body: bytes, context: grpc.ServicerContext):
+            try:
+                self._verifier.verify(path, body, context.invocation_metadata())
+                request = m.decode(body, request_type)
+            except AuthenticationError as exc:
+                self._reject(context, grpc.StatusCode.UNAUTHENTICATED, exc)
+            except ProtocolError as exc:
+                self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
+            return handle(request)
+
+        return serve
+
+    def _reject(self, context, code, exc) -> None:
+        with self._rejected_lock:
+            self.rejected += 1
+        logger.warning("control service refused a request from %s: %s", context.peer(), exc)
+        context.abort(code, str(exc))
+
+    def start(self) -> "ControlService":
+        self._server.start()
+        logger.info("control service listening on %s", self.address)
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait(grace + 1)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

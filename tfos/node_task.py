@@ -1,0 +1,264 @@
+"""The node task: one barrier task per TF node, supervising that node (executor side).
+
+Called by the node stage's Spark closure (``node_partition``) or, in tests, directly with a
+``Barrier`` of their own. Phases:
+
+1. reserve the TF port on the executor's address and hold it until the node ends;
+2. ``allGather`` every node's endpoint, derive this node's role, cluster spec and TF_CONFIG;
+3. register with the driver's control service (which checks versions and retries);
+4. start the TF process (``python -m tfos.node_main``) with a clean environment and TF_CONFIG,
+   and TensorBoard beside it on the primary node when asked;
+5. supervise: forward output lines, heartbeat (the reply may order a stop), relay "serving";
+6. report the exit code with the tail of the output, then stop the process group.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Protocol
+
+from tfos import messages as m
+from tfos import process, topology
+from tfos.config import ClusterConfig
+from tfos.context import NODE_INFO_ENV, STATUS_FD_ENV
+from tfos.control_client import ControlClient, DriverUnreachable
+
+logger = logging.getLogger(__name__)
+
+# Variables of the Spark Python worker that must not leak into the TF process.
+_DROPPED_ENV_PREFIXES = ("PYSPARK_", "SPARK_AUTH_SOCKET", "PYTHON_WORKER_FACTORY")
+_DROPPED_ENV = {"TF_CONFIG", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "PYTHONSTARTUP"}
+_LOG_BATCH = 256
+
+
+@dataclass(frozen=True)
+class NodeStageSpec:
+    """Everything a node task needs, shipped in the Spark closure (plain, picklable data)."""
+
+    config: ClusterConfig
+    driver_address: str
+    secret: bytes
+    payload: bytes  # pickled (map_fun, tf_args); only the TF process unpickles it
+    default_fs: str
+
+
+class Barrier(Protocol):
+    node_id: int
+    attempt: int
+    host: str
+
+    def all_gather(self, message: str) -> list[str]: ...
+
+
+class SparkBarrier:
+    """The ``Barrier`` of a real Spark barrier task."""
+
+    def __init__(self):
+        from pyspark import BarrierTaskContext
+        self._ctx = BarrierTaskContext.get()
+        self.node_id = self._ctx.partitionId()
+        self.attempt = self._ctx.attemptNumber()
+        self.host = self._ctx.getTaskInfos()[self.node_id].address.rsplit(":", 1)[0]
+
+    def all_gather(self, message: str) -> list[str]:
+        return self._ctx.allGather(message)
+
+
+def node_partition(spec: NodeStageSpec, _rows):
+    """The node stage's ``mapPartitions`` function: runs one node, yields its exit code."""
+    yield run_node(spec, SparkBarrier())
+
+
+def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
+    """Runs this task's node to the end; returns the TF process's exit code (-1: not started)."""
+    with ControlClient(spec.driver_address, spec.secret) as client, \
+            process.reserved_port(barrier.host) as tf_port:
+        gathered = barrier.all_gather(json.dumps([barrier.node_id, f"{barrier.host}:{tf_port}"]))
+        endpoints = [endpoint for _, endpoint in sorted(json.loads(g) for g in gathered)]
+        role = spec.config.roles[barrier.node_id]
+        reply = client.register(m.Register(
+            node_id=barrier.node_id, attempt=barrier.attempt, host=barrier.host, tf_port=tf_port,
+            pid=os.getpid(), python_version=python_version(), tf_version=tensorflow_version()))
+        if not reply.accepted:
+            logger.error("driver refused node %s: %s", role.label, reply.reason)
+            return -1
+        supervisor = NodeSupervisor(spec, client, role, barrier.host,
+                                    topology.cluster_spec(spec.config.roles, endpoints))
+        return supervisor.run()
+
+
+def python_version() -> str:
+    return "%d.%d" % sys.version_info[:2]
+
+
+def tensorflow_version() -> str:
+    try:
+        return metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+class NodeSupervisor:
+    """Starts the TF process of one node and watches it until it ends."""
+
+    def __init__(self, spec: NodeStageSpec, client: ControlClient, role: topology.Role,
+                 host: str, cluster_spec: dict[str, list[str]]):
+        self.spec = spec
+        self.config = spec.config
+        self.client = client
+        self.role = role
+        self.host = host
+        self.cluster_spec = cluster_spec
+        self.tail: collections.deque[str] = collections.deque(maxlen=self.config.log_tail_lines)
+        self.state = m.NodeState.STARTING
+        self.stop_ordered = threading.Event()
+        self.finished = threading.Event()
+        self._lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+
+    def run(self) -> int:
+        read_status, write_status = os.pipe()
+        with tempfile.TemporaryDirectory(prefix="tfos-node-") as scratch:
+            log_dir = self._log_dir(scratch)
+            try:
+                child = process.ChildProcess(
+                    [sys.executable, "-m", "tfos.node_main"],
+                    env=self._environment(write_status, log_dir), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_status,),
+                    kill_grace=self.config.kill_grace)
+            finally:
+                os.close(write_status)
+            with child, self._tensorboard(log_dir):
+                return self._supervise(child, read_status)
+
+    def _supervise(self, child: process.ChildProcess, read_status: int) -> int:
+        threads = [threading.Thread(target=fn, args=args, name=f"tfos-{fn.__name__}", daemon=True)
+                   for fn, args in ((self._pump_output, (child.popen.stdout,)),
+                                    (self._forward_output, ()),
+                                    (self._read_status, (read_status,)),
+                                    (self._heartbeat, (child,)))]
+        for thread in threads:
+            thread.start()
+        try:
+            child.popen.stdin.write(self.spec.payload)
+            child.popen.stdin.close()
+        except BrokenPipeError:
+            pass  # the process died at start; its exit code and output tell why
+        self.state = m.NodeState.RUNNING
+        self._report(m.NodeStatus(self.role.node_id, m.NodeState.RUNNING))
+        exit_code = child.popen.wait()
+        threads[0].join()   # output read to its end
+        threads[1].join()   # and forwarded
+        self.state = m.NodeState.EXITED
+        reason = "stopped by the driver" if self.stop_ordered.is_set() else ""
+        self._report(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code, reason,
+                                  list(self.tail)))
+        if self.stop_ordered.is_set() or not self.config.tensorboard:
+            self.finished.set()
+        else:
+            # Keep helper services (TensorBoard) up until the driver shuts the cluster down.
+            self.stop_ordered.wait()
+            self.finished.set()
+        threads[3].join()
+        return exit_code
+
+    def _environment(self, status_fd: int, log_dir: str | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in _DROPPED_ENV and not k.startswith(_DROPPED_ENV_PREFIXES)}
+        # The Spark worker's sys.path holds pyspark, py4j and --py-files: the node needs them.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["TF_CONFIG"] = topology.tf_config(self.cluster_spec, self.role)
+        if self.config.legacy_keras:
+            env["TF_USE_LEGACY_KERAS"] = "1"
+        env.update(self.config.env)
+        env[process.PARENT_PID_ENV] = str(os.getpid())
+        env[STATUS_FD_ENV] = str(status_fd)
+        env[NODE_INFO_ENV] = json.dumps({
+            "job_name": self.role.job_name, "task_index": self.role.task_index,
+            "node_id": self.role.node_id, "num_workers": topology.num_trainers(self.config.roles),
+            "cluster_spec": self.cluster_spec, "default_fs": self.spec.default_fs,
+            "working_dir": os.getcwd(), "host": self.host, "log_dir": log_dir})
+        return env
+
+    def _log_dir(self, scratch: str) -> str | None:
+        if self.config.log_dir:
+            return self.config.log_dir
+        if self.config.tensorboard and self._is_primary:
+            return os.path.join(scratch, "tensorboard")
+        return None
+
+    @property
+    def _is_primary(self) -> bool:
+        return topology.primary_node(self.config.roles) == self.role
+
+    def _tensorboard(self, log_dir: str | None):
+        from tfos import tensorboard
+        if not (self.config.tensorboard and self._is_primary):
+            return tensorboard.nothing()
+        return tensorboard.serve(self.host, log_dir, self.config.kill_grace,
+                                 on_ready=self._announce_tensorboard)
+
+    def _announce_tensorboard(self, url: str) -> None:
+        self._call(self.client.service_url, m.ServiceUrl(self.role.node_id, "tensorboard", url))
+
+    # -- threads --------------------------------------------------------------------------
+    def _pump_output(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tail.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _forward_output(self) -> None:
+        done = False
+        while not done:
+            batch = [self._lines.get()]
+            while len(batch) < _LOG_BATCH and not self._lines.empty():
+                batch.append(self._lines.get_nowait())
+            if batch[-1] is None:
+                batch.pop()
+                done = True
+            if batch:
+                self._call(self.client.logs, m.LogLines(self.role.node_id, batch))
+
+    def _read_status(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as pipe:
+            for line in pipe:
+                if line.strip() == b"serving":
+                    self.state = m.NodeState.SERVING
+                    self._report(m.NodeStatus(self.role.node_id, m.NodeState.SERVING))
+
+    def _heartbeat(self, child: process.ChildProcess) -> None:
+        silent_since = None
+        while not self.finished.wait(self.config.heartbeat_interval):
+            try:
+                reply = self.client.heartbeat(m.Heartbeat(self.role.node_id, self.state))
+                silent_since = None
+            except DriverUnreachable as exc:
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since < self.config.heartbeat_timeout:
+                    continue
+                logger.error("stopping node %s: %s", self.role.label, exc)
+                reply = m.HeartbeatReply(m.Command.STOP)
+            if reply.command == m.Command.STOP and not self.stop_ordered.is_set():
+                self.stop_ordered.set()
+                threading.Thread(target=child.stop, name="tfos-stop", daemon=True).start()
+
+    def _report(self, status: m.NodeStatus) -> None:
+        self._call(self.client.status, status)
+
+    def _call(self, fn, message) -> None:
+        try:
+            fn(message)
+        except DriverUnreachable as exc:
+            logger.warning("node %s could not report to the driver: %s", self.role.label, exc)
