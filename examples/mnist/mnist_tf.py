@@ -17,6 +17,7 @@ Usage (after ``python examples/mnist/mnist_data_setup.py --output data/mnist``):
     python examples/mnist/mnist_tf.py --data_dir data/mnist --epochs 3
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -33,8 +34,9 @@ def add_arguments(parser):
     parser.add_argument("--format", choices=["tfrecord", "csv"], default="tfrecord",
                         help="which of the written shards to read (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=64,
-                        help="global batch size, split across the workers (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="batch size per worker (replica); a synchronous step of N workers "
+                        "takes N times as many images (default: %(default)s)")
     parser.add_argument("--model_dir", help="where the chief saves the trained model (SavedModel)")
     return parser
 
@@ -44,6 +46,7 @@ def main_fun(args, ctx):
     # TF_USE_LEGACY_KERAS are in the environment, and the Spark driver importing this module
     # for main_fun has no use for it.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's warnings, not its INFO chatter
     import tensorflow as tf
     import mnist_model
 
@@ -72,19 +75,30 @@ def main_fun(args, ctx):
         # Each worker reads its own share (whole files when they divide evenly, else records),
         # repeated: steps_per_epoch ends every epoch, so all workers run the same number of steps.
         return mnist_model.make_dataset(
-            train_files, input_context.get_per_replica_batch_size(args.batch_size),
+            train_files, args.batch_size,
             shuffle=True, repeat=True, seed=SEED,
             shard=(input_context.num_input_pipelines, input_context.input_pipeline_id))
 
     with strategy.scope():
         model = mnist_model.build_model()
-    steps_per_epoch = -(-mnist_model.count_records(train_files) // args.batch_size)
+    global_batch_size = args.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = -(-mnist_model.count_records(train_files) // global_batch_size)
     print("mnist: %s on %s:%d, %d %s files, %d steps per epoch" % (
         "ParameterServerStrategy" if use_ps else "MultiWorkerMirroredStrategy",
         task_type or "local", task_index, len(train_files), args.format, steps_per_epoch))
+    # TensorBoard summaries, from the chief only: into tfos's log directory (--tensorboard,
+    # --log_dir) on Spark, into --log_dir when run alone.
+    log_dir = ctx.log_dir if ctx is not None else args.log_dir
+    callbacks = []
+    if log_dir and is_chief:
+        if importlib.util.find_spec("tensorboard") is None:
+            print("mnist: no summaries in %s: TensorBoard is not installed (pip install tensorboard)"
+                  % log_dir)
+        else:
+            callbacks.append(tf.keras.callbacks.TensorBoard(log_dir))
     start = time.time()
     model.fit(tf.keras.utils.experimental.DatasetCreator(train_dataset), epochs=args.epochs,
-              steps_per_epoch=steps_per_epoch, verbose=2 if is_chief else 0)
+              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2 if is_chief else 0)
     print("mnist: trained %d epochs in %.1f s" % (args.epochs, time.time() - start))
 
     if args.model_dir:
@@ -131,4 +145,5 @@ def _evaluate(model, args, mnist_model):
 
 if __name__ == "__main__":
     parser = add_arguments(argparse.ArgumentParser(description="MNIST with plain TensorFlow"))
+    parser.add_argument("--log_dir", help="TensorBoard log directory (tfos's flags have one too)")
     main_fun(parser.parse_args(), None)
