@@ -14,6 +14,7 @@ setup(
         # --no-deps install that leaves `pip check` broken. See README "Dependencies".
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
+        "tensorboard>=2.20",
         "numpy",
         "grpcio>=1.60",
         "cloudpickle",

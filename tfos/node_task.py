@@ -124,8 +124,17 @@ class NodeSupervisor:
         self.stop_ordered = threading.Event()
         self.finished = threading.Event()
         self._lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+        self.dropped_lines = 0
 
     def run(self) -> int:
+        forwarder = self._thread(self._forward_output)
+        try:
+            return self._run_processes()
+        finally:
+            self._lines.put(None)
+            forwarder.join(self.config.heartbeat_timeout)
+
+    def _run_processes(self) -> int:
         read_status, write_status = os.pipe()
         with tempfile.TemporaryDirectory(prefix="tfos-node-") as scratch:
             log_dir = self._log_dir(scratch)
@@ -141,13 +150,9 @@ class NodeSupervisor:
                 return self._supervise(child, read_status)
 
     def _supervise(self, child: process.ChildProcess, read_status: int) -> int:
-        threads = [threading.Thread(target=fn, args=args, name=f"tfos-{fn.__name__}", daemon=True)
-                   for fn, args in ((self._pump_output, (child.popen.stdout,)),
-                                    (self._forward_output, ()),
-                                    (self._read_status, (read_status,)),
-                                    (self._heartbeat, (child,)))]
-        for thread in threads:
-            thread.start()
+        pump = self._thread(self._pump_output, child.popen.stdout)
+        self._thread(self._read_status, read_status)
+        heartbeat = self._thread(self._heartbeat, child)
         try:
             child.popen.stdin.write(self.spec.payload)
             child.popen.stdin.close()
@@ -156,20 +161,25 @@ class NodeSupervisor:
         self.state = m.NodeState.RUNNING
         self._report(m.NodeStatus(self.role.node_id, m.NodeState.RUNNING))
         exit_code = child.popen.wait()
-        threads[0].join()   # output read to its end
-        threads[1].join()   # and forwarded
+        pump.join()          # the output is read to its end,
+        self._lines.join()   # and has reached the driver before the verdict does.
         self.state = m.NodeState.EXITED
         reason = "stopped by the driver" if self.stop_ordered.is_set() else ""
         self._report(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code, reason,
                                   list(self.tail)))
-        if self.stop_ordered.is_set() or not self.config.tensorboard:
-            self.finished.set()
-        else:
-            # Keep helper services (TensorBoard) up until the driver shuts the cluster down.
+        if self._runs_tensorboard:
+            # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
             self.stop_ordered.wait()
-            self.finished.set()
-        threads[3].join()
+        self.finished.set()
+        heartbeat.join()
         return exit_code
+
+    @staticmethod
+    def _thread(target, *args) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=f"tfos-{target.__name__}",
+                                  daemon=True)
+        thread.start()
+        return thread
 
     def _environment(self, status_fd: int, log_dir: str | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -193,33 +203,41 @@ class NodeSupervisor:
     def _log_dir(self, scratch: str) -> str | None:
         if self.config.log_dir:
             return self.config.log_dir
-        if self.config.tensorboard and self._is_primary:
+        if self._runs_tensorboard:
             return os.path.join(scratch, "tensorboard")
         return None
 
     @property
-    def _is_primary(self) -> bool:
-        return topology.primary_node(self.config.roles) == self.role
+    def _runs_tensorboard(self) -> bool:
+        return self.config.tensorboard and topology.primary_node(self.config.roles) == self.role
 
     def _tensorboard(self, log_dir: str | None):
         from tfos import tensorboard
-        if not (self.config.tensorboard and self._is_primary):
+        if not self._runs_tensorboard:
             return tensorboard.nothing()
         return tensorboard.serve(self.host, log_dir, self.config.kill_grace,
-                                 on_ready=self._announce_tensorboard)
+                                 on_ready=self._announce_tensorboard, on_output=self._output)
 
     def _announce_tensorboard(self, url: str) -> None:
         self._call(self.client.service_url, m.ServiceUrl(self.role.node_id, "tensorboard", url))
 
     # -- threads --------------------------------------------------------------------------
+    def _output(self, line: str) -> None:
+        self.tail.append(line)
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            # The driver is not keeping up (or unreachable): drop the line rather than stall
+            # the TF process on a full pipe; the tail still holds it for error reports.
+            self.dropped_lines += 1
+
     def _pump_output(self, stream) -> None:
         for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.tail.append(line)
-            self._lines.put(line)
+            self._output(raw.decode("utf-8", "replace").rstrip("\n"))
         self._lines.put(None)
 
     def _forward_output(self) -> None:
+        """Sends output lines to the driver in batches until the None sentinel arrives."""
         done = False
         while not done:
             batch = [self._lines.get()]
@@ -230,6 +248,8 @@ class NodeSupervisor:
                 done = True
             if batch:
                 self._call(self.client.logs, m.LogLines(self.role.node_id, batch))
+            for _ in range(len(batch) + done):
+                self._lines.task_done()
 
     def _read_status(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:

@@ -6,7 +6,6 @@ held for it, and is stopped with its group when the node task ends.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -15,17 +14,19 @@ from typing import Callable
 
 from tfos import process
 
-logger = logging.getLogger(__name__)
-
-
 @contextlib.contextmanager
 def nothing():
     yield None
 
 
 @contextlib.contextmanager
-def serve(host: str, log_dir: str, kill_grace: float, on_ready: Callable[[str], None]):
-    """Runs TensorBoard on ``log_dir``; calls ``on_ready(url)`` once it announces its address."""
+def serve(host: str, log_dir: str, kill_grace: float, on_ready: Callable[[str], None],
+          on_output: Callable[[str], None]):
+    """Runs TensorBoard on ``log_dir``; calls ``on_ready(url)`` once it announces its address.
+
+    Its output lines go to ``on_output`` (the node's forwarded log), so a TensorBoard that
+    cannot start says why on the driver.
+    """
     os.makedirs(log_dir, exist_ok=True)
     with process.reserved_port(host) as port:
         command = process.guarded([sys.executable, "-m", "tensorboard.main", "--logdir", log_dir,
@@ -34,20 +35,21 @@ def serve(host: str, log_dir: str, kill_grace: float, on_ready: Callable[[str], 
         with process.ChildProcess(command, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, kill_grace=kill_grace) as child:
             url = f"http://{host}:{port}/"
-            watcher = threading.Thread(target=_watch, args=(child.popen.stdout, url, on_ready),
+            watcher = threading.Thread(target=_watch, args=(child.popen.stdout, url, on_ready, on_output),
                                        name="tfos-tensorboard", daemon=True)
             watcher.start()
             yield url
 
 
-def _watch(stream, url: str, on_ready: Callable[[str], None]) -> None:
-    """Announces the URL when TensorBoard says it serves, then drains its output."""
+def _watch(stream, url: str, on_ready: Callable[[str], None],
+           on_output: Callable[[str], None]) -> None:
+    """Announces the URL when TensorBoard says it serves, and passes its output on."""
     announced = False
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
+        on_output(f"tensorboard: {line}")
         if not announced and " at http" in line:
             announced = True
             on_ready(url)
-        logger.debug("tensorboard: %s", line)
     if not announced:
-        logger.warning("TensorBoard exited before serving on %s", url)
+        on_output(f"tensorboard: exited before serving on {url}")

@@ -1,0 +1,92 @@
+"""Fixtures that build real Spark applications, named after the cluster they build.
+
+One SparkContext can live in a process at a time, so a session-wide ``SparkSessions`` keeps the
+current one and replaces it when a test asks for a different cluster. Every test is followed
+by a check of the process table: no TF node, TensorBoard or guard process may outlive it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TFOS_PROCESS_MARKERS = ("tfos.node_main", "tfos.process_guard", "tensorboard.main")
+
+
+def _private_spark_home() -> str:
+    out = subprocess.run(["bash", str(REPO / "scripts" / "spark_home.sh")], check=True,
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout.strip().splitlines()[-1]
+
+
+class SparkSessions:
+    def __init__(self):
+        self.session = None
+        self.key = None
+
+    def get(self, master: str, **conf):
+        key = (master, tuple(sorted(conf.items())))
+        if self.key != key:
+            self.stop()
+            from pyspark.sql import SparkSession
+            from tfos.preflight import BARRIER_FAIL_FAST
+            builder = SparkSession.builder.master(master).appName("tfos-tests")
+            for k, v in {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **conf}.items():
+                builder = builder.config(k, v)
+            self.session, self.key = builder.getOrCreate(), key
+        return self.session
+
+    def stop(self):
+        if self.session is not None:
+            self.session.stop()
+            self.session = self.key = None
+
+
+@pytest.fixture(scope="session")
+def spark_sessions():
+    os.environ["SPARK_HOME"] = _private_spark_home()
+    sessions = SparkSessions()
+    yield sessions
+    sessions.stop()
+
+
+@pytest.fixture
+def spark_local_cluster_4x1(spark_sessions):
+    """An embedded local-cluster: 4 executor JVMs with 1 core and 1 GiB each."""
+    return spark_sessions.get("local-cluster[4,1,1024]")
+
+
+def tfos_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if any(marker in cmdline for marker in TFOS_PROCESS_MARKERS):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Fails the test if any tfos process outlives it (bounded wait: kills are asynchronous)."""
+    yield
+    deadline = time.monotonic() + 15
+    left = tfos_processes()
+    while left and time.monotonic() < deadline:
+        psutil.wait_procs(left, timeout=1)
+        left = tfos_processes()
+    for proc in left:
+        proc.kill()
+    assert not left, f"tfos processes left behind: {[p.info['cmdline'] for p in left]}"
+
+
+def run_app(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Runs ``tests/integration/apps/<script>`` as its own Spark application."""
+    return subprocess.run([sys.executable, str(REPO / "tests" / "integration" / "apps" / script),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
