@@ -25,6 +25,7 @@ Usage::
 import argparse
 import gzip
 import os
+import sys
 
 import numpy as np
 
@@ -49,14 +50,15 @@ def load_digits_28x28(test_fraction, seed):
     return x[train], y[train], x[test], y[test]
 
 
-def _find(directory, *names):
-    for name in names:
-        for candidate in (name, name + ".gz"):
-            path = os.path.join(directory, candidate)
+def _find(directory, name):
+    """The path of MNIST file ``name`` in ``directory``, gzipped or not, '-idx' or '.idx' named."""
+    for candidate in (name, name.replace("-idx", ".idx")):
+        for suffix in ("", ".gz"):
+            path = os.path.join(directory, candidate + suffix)
             if os.path.exists(path):
                 return path
-    raise FileNotFoundError(
-        "none of %s(.gz) in %s: expected the standard MNIST idx files or mnist.npz" % (names, directory))
+    raise FileNotFoundError("neither %s[.gz] nor mnist.npz in %s: --mnist_dir needs the standard "
+                            "MNIST idx files or mnist.npz" % (name, directory))
 
 
 def _read_idx(path):
@@ -79,10 +81,10 @@ def load_mnist(directory):
             arrays = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
     else:
         arrays = [
-            _read_idx(_find(directory, "train-images-idx3-ubyte", "train-images.idx3-ubyte")),
-            _read_idx(_find(directory, "train-labels-idx1-ubyte", "train-labels.idx1-ubyte")),
-            _read_idx(_find(directory, "t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte")),
-            _read_idx(_find(directory, "t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte")),
+            _read_idx(_find(directory, "train-images-idx3-ubyte")),
+            _read_idx(_find(directory, "train-labels-idx1-ubyte")),
+            _read_idx(_find(directory, "t10k-images-idx3-ubyte")),
+            _read_idx(_find(directory, "t10k-labels-idx1-ubyte")),
         ]
     x_train, y_train, x_test, y_test = arrays
     to_floats = lambda x: (x.reshape(len(x), NUM_PIXELS) / 255.0).astype(np.float32)  # noqa: E731
@@ -141,7 +143,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.mnist_dir:
-        x_train, y_train, x_test, y_test = load_mnist(os.path.expanduser(args.mnist_dir))
+        try:
+            x_train, y_train, x_test, y_test = load_mnist(os.path.expanduser(args.mnist_dir))
+        except (OSError, ValueError) as exc:
+            sys.exit("mnist_data_setup: %s" % exc)
         source = "MNIST from %s" % args.mnist_dir
     else:
         x_train, y_train, x_test, y_test = load_digits_28x28(args.test_fraction, args.seed)
