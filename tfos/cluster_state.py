@@ -124,8 +124,7 @@ class ClusterState:
             node.state = msg.state
             if msg.state == m.NodeState.EXITED:
                 node.exit_code = msg.exit_code
-                stopped = self.stop_requested and (msg.exit_code or 0) < 0
-                if msg.exit_code != 0 and not stopped:
+                if msg.exit_code != 0 and not msg.stopped:
                     self._fail(NodeFailed(node.label, node.host,
                                           msg.reason or describe_exit(msg.exit_code),
                                           msg.exit_code, tuple(msg.log_tail or node.tail)))

@@ -68,11 +68,13 @@ class LogLines:
 
 @dataclass(frozen=True)
 class NodeStatus:
-    """A node's state change; EXITED carries the exit code (negative: killed by that signal)."""
+    """A node's state change; EXITED carries the exit code (negative: killed by that signal)
+    and ``stopped`` when the driver had ordered the stop (not a failure of the node)."""
     node_id: int
     state: NodeState
     exit_code: typing.Optional[int] = None
     reason: str = ""
+    stopped: bool = False
     log_tail: list[str] = dataclasses.field(default_factory=list)
 
 

@@ -164,8 +164,9 @@ class NodeSupervisor:
         pump.join()          # the output is read to its end,
         self._lines.join()   # and has reached the driver before the verdict does.
         self.state = m.NodeState.EXITED
-        reason = "stopped by the driver" if self.stop_ordered.is_set() else ""
-        self._report(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code, reason,
+        stopped = self.stop_ordered.is_set()
+        self._report(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
+                                  "stopped by the driver" if stopped else "", stopped,
                                   list(self.tail)))
         if self._runs_tensorboard:
             # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
