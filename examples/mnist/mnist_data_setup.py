@@ -124,7 +124,8 @@ def write_split(directory, x, y, formats, num_shards, seed):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="data/mnist", help="output directory (default: %(default)s)")
+    parser.add_argument("--output", default="data/mnist",
+                        help="output directory (default: %(default)s)")
     parser.add_argument("--mnist_dir", help="directory with real MNIST idx files or mnist.npz "
                         "(default: scikit-learn's bundled 8x8 digits, upscaled)")
     parser.add_argument("--format", choices=["tfrecord", "csv", "both"], default="both")

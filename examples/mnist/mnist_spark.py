@@ -17,18 +17,25 @@ import os
 import tfos
 from mnist_tf import add_arguments, main_fun
 
+
+def absolute(path):
+    """A local path made absolute: the nodes run in their executors' working directories."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
 if __name__ == "__main__":
     args = add_arguments(tfos.cli.argument_parser("MNIST on Spark with tfos")).parse_args()
-    # The nodes read and write from their executors' working directories: use absolute paths.
-    for name in ("data_dir", "model_dir"):
-        if getattr(args, name) and "://" not in getattr(args, name):
-            setattr(args, name, os.path.abspath(getattr(args, name)))
+    args.data_dir, args.model_dir, args.log_dir = (
+        absolute(path) for path in (args.data_dir, args.model_dir, args.log_dir))
     spark = tfos.cli.spark_session(args, app_name="mnist")
     # tfos ships main_fun's own module; the model module it imports travels like any --py-files.
-    spark.sparkContext.addPyFile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_model.py"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    spark.sparkContext.addPyFile(os.path.join(here, "mnist_model.py"))
     cluster = tfos.TFCluster.run(spark, main_fun, args, num_executors=args.cluster_size,
                                  num_ps=args.num_ps, tensorboard=args.tensorboard,
                                  input_mode=tfos.InputMode.TENSORFLOW, log_dir=args.log_dir,
                                  master_node="chief")
+    if args.tensorboard:
+        print("TensorBoard: %s" % cluster.tensorboard_url(), flush=True)
     cluster.shutdown()
     spark.stop()

@@ -30,7 +30,7 @@ SEED = 42
 def add_arguments(parser):
     """The flags of this example; mnist_spark.py adds the same ones to the tfos parser."""
     parser.add_argument("--data_dir", default="data/mnist",
-                        help="output of mnist_data_setup.py, with train/ and test/ (default: %(default)s)")
+                        help="output of mnist_data_setup.py (default: %(default)s)")
     parser.add_argument("--format", choices=["tfrecord", "csv"], default="tfrecord",
                         help="which of the written shards to read (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -46,7 +46,7 @@ def main_fun(args, ctx):
     # TF_USE_LEGACY_KERAS are in the environment, and the Spark driver importing this module
     # for main_fun has no use for it.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's warnings, not its INFO chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # warnings, not TensorFlow's INFO chatter
     import tensorflow as tf
     import mnist_model
 
@@ -92,8 +92,8 @@ def main_fun(args, ctx):
     callbacks = []
     if log_dir and is_chief:
         if importlib.util.find_spec("tensorboard") is None:
-            print("mnist: no summaries in %s: TensorBoard is not installed (pip install tensorboard)"
-                  % log_dir)
+            print("mnist: no summaries in %s: TensorBoard is not installed "
+                  "(pip install tensorboard)" % log_dir)
         else:
             callbacks.append(tf.keras.callbacks.TensorBoard(log_dir))
     start = time.time()
@@ -108,7 +108,7 @@ def main_fun(args, ctx):
 
 
 def _serve(tf, ctx):
-    """Runs this task's TensorFlow server for a ParameterServerStrategy coordinator; never returns."""
+    """Serves this task's TensorFlow server to the ParameterServerStrategy coordinator, forever."""
     if ctx is not None:
         _, server = ctx.start_cluster_server()
     else:
