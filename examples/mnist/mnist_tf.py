@@ -75,8 +75,7 @@ def main_fun(args, ctx):
         # Each worker reads its own share (whole files when they divide evenly, else records),
         # repeated: steps_per_epoch ends every epoch, so all workers run the same number of steps.
         return mnist_model.make_dataset(
-            train_files, args.batch_size,
-            shuffle=True, repeat=True, seed=SEED,
+            train_files, args.batch_size, shuffle=True, repeat=True, seed=SEED,
             shard=(input_context.num_input_pipelines, input_context.input_pipeline_id))
 
     with strategy.scope():
@@ -86,16 +85,10 @@ def main_fun(args, ctx):
     print("mnist: %s on %s:%d, %d %s files, %d steps per epoch" % (
         "ParameterServerStrategy" if use_ps else "MultiWorkerMirroredStrategy",
         task_type or "local", task_index, len(train_files), args.format, steps_per_epoch))
-    # TensorBoard summaries, from the chief only: into tfos's log directory (--tensorboard,
-    # --log_dir) on Spark, into --log_dir when run alone.
-    log_dir = ctx.log_dir if ctx is not None else args.log_dir
-    callbacks = []
-    if log_dir and is_chief:
-        if importlib.util.find_spec("tensorboard") is None:
-            print("mnist: no summaries in %s: TensorBoard is not installed "
-                  "(pip install tensorboard)" % log_dir)
-        else:
-            callbacks.append(tf.keras.callbacks.TensorBoard(log_dir))
+    # TensorBoard summaries from the chief: into tfos's log directory (--tensorboard, --log_dir)
+    # on Spark, into --log_dir when run alone.
+    log_dir = ctx.log_dir if ctx is not None else getattr(args, "log_dir", None)
+    callbacks = _tensorboard(tf, log_dir) if is_chief and log_dir else []
     start = time.time()
     model.fit(tf.keras.utils.experimental.DatasetCreator(train_dataset), epochs=args.epochs,
               steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2 if is_chief else 0)
@@ -117,6 +110,14 @@ def _serve(tf, ctx):
                                       task_index=resolver.task_id,
                                       protocol=resolver.rpc_layer or "grpc", start=True)
     server.join()
+
+
+def _tensorboard(tf, log_dir):
+    if importlib.util.find_spec("tensorboard") is None:
+        print("mnist: no summaries in %s: TensorBoard is not installed (pip install tensorboard)"
+              % log_dir)
+        return []
+    return [tf.keras.callbacks.TensorBoard(log_dir)]
 
 
 def _save(model, model_dir, is_chief, use_ps):
