@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -27,6 +28,7 @@ from tfos.node_task import NodeStageSpec, node_partition, python_version, tensor
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
+_JVM_FRAME = re.compile(r"^\s*(at [\w.$<>/]+\(.*\)|\.\.\. \d+ more)\s*$")
 
 
 class TFCluster:
@@ -247,6 +249,5 @@ def _is_user_module(module) -> bool:
 def summarize_spark_error(exc: BaseException, max_lines: int = 25) -> str:
     """The informative head of a Spark/py4j error: messages and Python tracebacks, no JVM frames."""
     lines = [line for line in str(exc).splitlines()
-             if line.strip() and not line.lstrip().startswith("at ")
-             and not line.startswith("\tat ")]
+             if line.strip() and not _JVM_FRAME.match(line)]
     return "\n".join(lines[:max_lines]) or type(exc).__name__

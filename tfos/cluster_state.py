@@ -67,11 +67,11 @@ class ClusterState:
             node = self.nodes.get(msg.node_id)
             if node is None:
                 return m.RegisterReply(False, f"node id {msg.node_id} is not part of this cluster")
-            node.host, node.tf_port, node.pid = msg.host, msg.tf_port, msg.pid
             reason = self._registration_problem(node, msg)
             if reason:
-                self._fail(NodeFailed(node.label, msg.host, reason))
+                self._fail(NodeFailed(f"{node.role.label}@{msg.host}", msg.host, reason))
                 return m.RegisterReply(False, reason)
+            node.host, node.tf_port, node.pid = msg.host, msg.tf_port, msg.pid
             self.registered.add(msg.node_id)
             node.state, node.last_seen = m.NodeState.STARTING, self._clock()
             self.changed.notify_all()
@@ -95,7 +95,8 @@ class ClusterState:
             node = self.nodes.get(msg.node_id)
             if node is not None and msg.node_id in self.registered:
                 node.last_seen = self._clock()
-                if node.state != msg.state and node.state != m.NodeState.EXITED:
+                # Only a Status message ends a node: it carries the exit code.
+                if node.state != msg.state and m.NodeState.EXITED not in (node.state, msg.state):
                     node.state = msg.state
                     self.changed.notify_all()
             return m.HeartbeatReply(m.Command.STOP if self.stop_requested else m.Command.CONTINUE)

@@ -49,9 +49,13 @@ class ClusterConfig:
     roles: tuple[topology.Role, ...] = field(init=False)
 
     def __post_init__(self):
-        if not isinstance(self.num_executors, int) or isinstance(self.num_executors, bool):
-            raise ConfigError(f"num_executors={self.num_executors!r}: pass an int, the number "
-                              "of TF nodes (one per executor)")
+        for name in ("num_executors", "num_ps", "log_tail_lines"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r}: pass a non-negative int")
+        if self.num_executors < 1:
+            raise ConfigError(f"num_executors={self.num_executors}: a cluster needs at least "
+                              "one node (one per executor)")
         try:
             mode = InputMode(self.input_mode)
         except ValueError:

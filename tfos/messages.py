@@ -103,11 +103,11 @@ def decode(data: bytes, expected: type):
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         envelope = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, huge ints, deep nesting
         raise ProtocolError(f"message is not UTF-8 JSON: {exc}") from None
     if not isinstance(envelope, dict) or set(envelope) != {"v", "type", "body"}:
         raise ProtocolError("message envelope must be an object with keys v, type, body")
-    if envelope["v"] != PROTOCOL_VERSION:
+    if type(envelope["v"]) is not int or envelope["v"] != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {envelope['v']!r} is not {PROTOCOL_VERSION}: "
                             "the driver and executors run different tfos versions")
     if envelope["type"] != expected.__name__:

@@ -38,7 +38,11 @@ logger = logging.getLogger(__name__)
 # Variables of the Spark Python worker that must not leak into the TF process.
 _DROPPED_ENV_PREFIXES = ("PYSPARK_", "SPARK_AUTH_SOCKET", "PYTHON_WORKER_FACTORY")
 _DROPPED_ENV = {"TF_CONFIG", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "PYTHONSTARTUP"}
-_LOG_BATCH = 256
+_LOG_BATCH_LINES = 256
+# Output lines are cut to this many characters, and a batch of them stays under a quarter of
+# the control plane's message limit, so neither a batch nor the exit report's tail is refused.
+MAX_LINE_CHARS = 8192
+_LOG_BATCH_CHARS = m.MAX_MESSAGE_BYTES // 4
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ class NodeSupervisor:
         self.state = m.NodeState.STARTING
         self.stop_ordered = threading.Event()
         self.finished = threading.Event()
-        self._lines: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+        self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(maxsize=10_000)
         self.dropped_lines = 0
 
     def run(self) -> int:
@@ -161,13 +165,13 @@ class NodeSupervisor:
         self.state = m.NodeState.RUNNING
         self._report(m.NodeStatus(self.role.node_id, m.NodeState.RUNNING))
         exit_code = child.popen.wait()
-        pump.join()          # the output is read to its end,
-        self._lines.join()   # and has reached the driver before the verdict does.
+        pump.join()           # the output is read to its end,
+        self._flush_output()  # and has reached the driver before the verdict does.
         self.state = m.NodeState.EXITED
         stopped = self.stop_ordered.is_set()
-        self._report(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
-                                  "stopped by the driver" if stopped else "", stopped,
-                                  list(self.tail)))
+        self._report_exit(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
+                                       "stopped by the driver" if stopped else "", stopped,
+                                       list(self.tail)))
         if self._runs_tensorboard:
             # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
             self.stop_ordered.wait()
@@ -224,6 +228,8 @@ class NodeSupervisor:
 
     # -- threads --------------------------------------------------------------------------
     def _output(self, line: str) -> None:
+        if len(line) > MAX_LINE_CHARS:
+            line = line[:MAX_LINE_CHARS] + f" [... {len(line) - MAX_LINE_CHARS} more characters]"
         self.tail.append(line)
         try:
             self._lines.put_nowait(line)
@@ -235,22 +241,34 @@ class NodeSupervisor:
     def _pump_output(self, stream) -> None:
         for raw in stream:
             self._output(raw.decode("utf-8", "replace").rstrip("\n"))
-        self._lines.put(None)
 
     def _forward_output(self) -> None:
-        """Sends output lines to the driver in batches until the None sentinel arrives."""
-        done = False
-        while not done:
-            batch = [self._lines.get()]
-            while len(batch) < _LOG_BATCH and not self._lines.empty():
-                batch.append(self._lines.get_nowait())
-            if batch[-1] is None:
-                batch.pop()
-                done = True
-            if batch:
+        """Sends output lines to the driver in bounded batches until the None sentinel."""
+        batch: list[str] = []
+        size = 0
+        while True:
+            item = self._lines.get()
+            if isinstance(item, str):
+                batch.append(item)
+                size += len(item)
+            full = len(batch) >= _LOG_BATCH_LINES or size >= _LOG_BATCH_CHARS
+            if batch and (full or not isinstance(item, str) or self._lines.empty()):
                 self._call(self.client.logs, m.LogLines(self.role.node_id, batch))
-            for _ in range(len(batch) + done):
+                for _ in batch:
+                    self._lines.task_done()
+                batch, size = [], 0
+            if isinstance(item, threading.Event):
+                item.set()   # a flush marker: every line before it has been sent
+            if not isinstance(item, str):
                 self._lines.task_done()
+            if item is None:
+                return
+
+    def _flush_output(self) -> None:
+        """Waits until every line queued so far has reached the driver (bounded)."""
+        flushed = threading.Event()
+        self._lines.put(flushed)
+        flushed.wait(self.config.heartbeat_timeout)
 
     def _read_status(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as pipe:
@@ -277,6 +295,21 @@ class NodeSupervisor:
 
     def _report(self, status: m.NodeStatus) -> None:
         self._call(self.client.status, status)
+
+    def _report_exit(self, status: m.NodeStatus) -> None:
+        """Delivers the exit verdict, retrying while the driver may still be reachable."""
+        deadline = time.monotonic() + self.config.heartbeat_timeout
+        retry = threading.Event()
+        while True:
+            try:
+                self.client.status(status)
+                return
+            except DriverUnreachable as exc:
+                if time.monotonic() >= deadline:
+                    logger.error("node %s could not report its exit code %s to the driver: %s",
+                                 self.role.label, status.exit_code, exc)
+                    return
+            retry.wait(self.config.heartbeat_interval)
 
     def _call(self, fn, message) -> None:
         try:

@@ -50,13 +50,16 @@ def planned_slots(master: str, instances: str | None, cores: str | None,
     match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
     if match:
         n = match.group(1)
-        return (os.cpu_count() or 1) if n == "*" else int(n or 1)
+        cores = (os.cpu_count() or 1) if n == "*" else int(n or 1)
+        return cores // task_cpus
     match = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", master.strip())
     if match:
         return int(match.group(1)) * (int(match.group(2)) // task_cpus)
     if instances and cores:
         return int(instances) * (int(cores) // task_cpus)
     if cores_max and master.startswith("spark://"):
+        if cores:
+            return (int(cores_max) // int(cores)) * (int(cores) // task_cpus)
         return int(cores_max) // task_cpus
     return None
 

@@ -39,19 +39,12 @@ def test_a_bad_value_raises_config_error_quoting_it(kwargs, quoted):
     assert isinstance(info.value, TfosError) and isinstance(info.value, ValueError)
 
 
-@pytest.mark.xfail(reason="tfos bug: ClusterConfig does not type-check num_ps; '1' raises "
-                          "TypeError from `num_ps >= num_executors` and 1.5 raises TypeError "
-                          "from `[PS] * num_ps` in plan_roles, not ConfigError",
-                   raises=TypeError, strict=True)
 @pytest.mark.parametrize("num_ps", ["1", 1.5])
 def test_num_ps_of_the_wrong_type_raises_config_error(num_ps):
     with pytest.raises(ConfigError, match="num_ps="):
         ClusterConfig(num_executors=3, num_ps=num_ps)
 
 
-@pytest.mark.xfail(reason="tfos bug: ClusterConfig does not validate log_tail_lines; -1 is "
-                          "accepted and ClusterState later fails with a bare ValueError from "
-                          "collections.deque(maxlen=-1)", strict=True)
 def test_negative_log_tail_lines_raises_config_error():
     with pytest.raises(ConfigError, match="log_tail_lines=-1"):
         ClusterConfig(num_executors=2, log_tail_lines=-1)

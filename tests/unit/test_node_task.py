@@ -226,11 +226,6 @@ def test_a_node_refused_by_the_driver_starts_no_process(control_plane, tmp_path)
     assert "Python 2.7 / TensorFlow 0.1" in failure.reason
 
 
-@pytest.mark.xfail(reason="tfos bug: the EXITED NodeStatus carries the log tail with no byte "
-                          "bound; when the tail exceeds MAX_MESSAGE_BYTES the control service "
-                          "refuses it (RESOURCE_EXHAUSTED), the supervisor only logs a warning, "
-                          "and the driver never records the exit code 1 as a failure",
-                   strict=True)
 def test_a_node_that_fails_after_a_huge_line_is_still_reported_failed(control_plane):
     plane = control_plane(ClusterConfig(num_executors=1, **FAST))
     assert run_nodes(plane, huge_output_then_fail_map_fun, None) == [1]
@@ -239,9 +234,6 @@ def test_a_node_that_fails_after_a_huge_line_is_still_reported_failed(control_pl
     assert plane.state.failures[0].exit_code == 1
 
 
-@pytest.mark.xfail(reason="tfos bug: NodeSupervisor._forward_output batches up to 256 lines "
-                          "with no byte bound; a batch over MAX_MESSAGE_BYTES is refused with "
-                          "RESOURCE_EXHAUSTED and every line in it is dropped", strict=True)
 def test_forwarding_many_long_lines_loses_none(control_plane):
     plane = control_plane(ClusterConfig(num_executors=1, **FAST))
     supervisor = registered_supervisor(plane)
@@ -253,12 +245,6 @@ def test_forwarding_many_long_lines_loses_none(control_plane):
     assert [line.removeprefix("[worker:0@127.0.0.1] ") for line in forwarded] == lines
 
 
-@pytest.mark.xfail(reason="tfos bug: _pump_output puts the forwarder's None sentinel when the "
-                          "TF process's output ends, so the forwarder stops while TensorBoard "
-                          "(kept up after the TF process exits) still writes through _output: "
-                          "its later lines are never forwarded, and one queued in the window "
-                          "before _lines.join() returns leaves that join blocked forever",
-                   strict=True)
 def test_tensorboard_lines_after_the_tf_output_ends_are_still_forwarded(control_plane):
     plane = control_plane(ClusterConfig(num_executors=1, **FAST))
     supervisor = registered_supervisor(plane)

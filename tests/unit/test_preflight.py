@@ -38,10 +38,6 @@ def test_planned_slots(master, instances, cores, cores_max, task_cpus, expected)
     assert planned_slots(master, instances, cores, cores_max, task_cpus) == expected
 
 
-@pytest.mark.xfail(reason="tfos bug: planned_slots ignores spark.task.cpus for local[N] and "
-                          "local[*]; Spark runs N // task_cpus tasks at once there (local[4] "
-                          "with spark.task.cpus=2 has 2 slots), so preflight over-counts",
-                   strict=True)
 @pytest.mark.parametrize("master, expected", [("local[4]", 2), ("local[*]", CPUS // 2)])
 def test_planned_slots_of_local_mode_divides_by_task_cpus(master, expected):
     assert planned_slots(master, None, None, None, 2) == expected
