@@ -77,6 +77,8 @@ class TFCluster:
         if config.input_mode != InputMode.TENSORFLOW:
             raise ConfigError("input_mode=InputMode.SPARK is not available in this version of "
                               "tfos; use InputMode.TENSORFLOW (the TF code reads its own data)")
+        if config.rdma:
+            raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
         preflight.check(sc, config, slots_needed=config.num_nodes)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
@@ -207,6 +209,19 @@ def spark_context(sc_or_session):
                           "sessions cannot run barrier jobs. Build the session without "
                           "spark.remote / SPARK_REMOTE") from None
     return sc
+
+
+def rdma_unavailable(sysfs_root: str | None = None) -> str:
+    """Why ``rdma=True`` cannot be honoured on this driver host (it never falls back to TCP)."""
+    import socket
+
+    from rdma import devices
+    missing = devices.missing_rdma(sysfs_root or devices.SYSFS_ROOT)
+    if missing:
+        return (f"rdma=True (--rdma) on host {socket.gethostname()}: {missing}. Drop --rdma to "
+                "use TensorFlow's gRPC transport")
+    return ("rdma=True (--rdma): this host has an RDMA device, but this version of tfos has no "
+            "RDMA transport for TensorFlow's tensors yet; drop --rdma to use gRPC")
 
 
 def default_fs(sc) -> str:

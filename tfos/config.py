@@ -44,6 +44,8 @@ class ClusterConfig:
     env: tuple[tuple[str, str], ...] = ()
     # Address the driver's control service advertises to executors; None: detect.
     driver_host: str | None = None
+    # Exchange tensors over RDMA (--rdma): needs an RDMA device; never falls back to TCP.
+    rdma: bool = False
     # Lines of each node's output kept for error reports.
     log_tail_lines: int = 40
     roles: tuple[topology.Role, ...] = field(init=False)

@@ -129,3 +129,10 @@ def test_tensorboard_serves_until_shutdown(spark_local_cluster_4x1, tmp_path):
             assert response.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)
+
+
+@pytest.mark.skipif(bool(__import__("rdma.devices").devices.list_ports()),
+                    reason="this host has an RDMA device")
+def test_rdma_without_a_device_is_refused_not_ignored(spark_local_cluster_4x1):
+    with pytest.raises(ConfigError, match="no RDMA device.*Drop --rdma"):
+        tfos.TFCluster.run(spark_local_cluster_4x1, idle, None, num_executors=2, rdma=True)

@@ -1,0 +1,60 @@
+"""RDMA device discovery from sysfs (any side; no verbs library needed).
+
+Lists the devices the kernel exposes under ``/sys/class/infiniband`` with their ports' state
+and link layer, so ``--rdma`` can fail with an error that names what is missing instead of
+falling back to TCP.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+SYSFS_ROOT = "/sys/class/infiniband"
+
+
+@dataclass(frozen=True)
+class RdmaPort:
+    device: str
+    port: int
+    state: str        # e.g. "4: ACTIVE"
+    link_layer: str   # "InfiniBand" or "Ethernet" (RoCE)
+
+    @property
+    def active(self) -> bool:
+        return self.state.split(":")[-1].strip() == "ACTIVE"
+
+
+def list_ports(root: str = SYSFS_ROOT) -> list[RdmaPort]:
+    """Every port of every RDMA device under ``root``; empty when there is none."""
+    ports = []
+    if not os.path.isdir(root):
+        return ports
+    for device in sorted(os.listdir(root)):
+        ports_dir = os.path.join(root, device, "ports")
+        if not os.path.isdir(ports_dir):
+            continue
+        for port in sorted(os.listdir(ports_dir), key=lambda p: int(p) if p.isdigit() else 0):
+            base = os.path.join(ports_dir, port)
+            ports.append(RdmaPort(device, int(port), _read(base, "state"),
+                                  _read(base, "link_layer")))
+    return ports
+
+
+def missing_rdma(root: str = SYSFS_ROOT) -> str | None:
+    """Why this host cannot do RDMA, or None when it has an active port."""
+    ports = list_ports(root)
+    if not ports:
+        return (f"no RDMA device: {root} lists none (is the kernel's InfiniBand/RoCE driver "
+                "loaded and the adapter present?)")
+    if not any(p.active for p in ports):
+        states = ", ".join(f"{p.device}/{p.port} {p.state}" for p in ports)
+        return f"no active RDMA port: {states} (check the cable and the subnet manager)"
+    return None
+
+
+def _read(base: str, name: str) -> str:
+    try:
+        with open(os.path.join(base, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
