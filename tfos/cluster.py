@@ -63,6 +63,9 @@ class TFCluster:
         (``driver_host``, ``env``, ``legacy_keras``, ``heartbeat_timeout``, ...).
         """
         sc = spark_context(sc)
+        if log_dir and "://" not in log_dir and not os.path.isabs(log_dir):
+            # Relative to where the user stands, not to each executor's working directory.
+            log_dir = os.path.abspath(log_dir)
         if driver_ps_nodes:
             raise ConfigError("driver_ps_nodes=True: tfos runs parameter servers on executors "
                               "only; drop the argument and count them in num_executors")

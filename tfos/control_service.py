@@ -16,7 +16,7 @@ import grpc
 from tfos import auth
 from tfos import messages as m
 from tfos.cluster_state import ClusterState
-from tfos.errors import AuthenticationError, ProtocolError
+from tfos.errors import AuthenticationError, NodeFailed, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,17 @@ class ControlService:
         def serve(body: bytes, context: grpc.ServicerContext):
             try:
                 self._verifier.verify(path, body, context.invocation_metadata())
-                request = m.decode(body, request_type)
             except AuthenticationError as exc:
                 self._reject(context, grpc.StatusCode.UNAUTHENTICATED, exc)
+            try:
+                request = m.decode(body, request_type)
             except ProtocolError as exc:
+                # Signed with the cluster's secret, so it comes from one of our own node tasks:
+                # the driver and that executor run different tfos code.
+                self.state.fail(NodeFailed(
+                    f"node task at {context.peer()}", context.peer(),
+                    f"sent a {name} message the driver cannot read ({exc}): the driver and the "
+                    "executors run different tfos versions; install the same one everywhere"))
                 self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
             return handle(request)
 

@@ -34,7 +34,7 @@ if __name__ == "__main__":
     cluster = tfos.TFCluster.run(spark, main_fun, args, num_executors=args.cluster_size,
                                  num_ps=args.num_ps, tensorboard=args.tensorboard,
                                  input_mode=tfos.InputMode.TENSORFLOW, log_dir=args.log_dir,
-                                 master_node="chief")
+                                 master_node="chief", rdma=args.rdma)
     if args.tensorboard:
         print("TensorBoard: %s" % cluster.tensorboard_url(), flush=True)
     cluster.shutdown()

@@ -119,7 +119,13 @@ def test_signed_garbage_gets_invalid_argument_and_the_service_keeps_serving(
     error = rpc_error(plane.address, "Register", garbage, auth.sign(plane.secret, path, garbage))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert plane.state.registered == set()
-    assert plane.client.register(register_msg(CHIEF)).accepted
+    # Only a holder of the secret can sign: an unreadable signed message means the driver and an
+    # executor run different tfos code, which fails the cluster at once with that diagnosis.
+    (failure,) = plane.state.failures
+    assert "different tfos versions" in failure.reason
+    # The service keeps serving: it now tells every node to stop.
+    reply = plane.client.heartbeat(m.Heartbeat(CHIEF, m.NodeState.RUNNING))
+    assert reply.command is m.Command.STOP
 
 
 def test_unsigned_requests_get_unauthenticated(control_chief_worker):
@@ -151,11 +157,12 @@ def test_after_hostile_traffic_the_service_still_serves(control_chief_worker):
     plane = control_chief_worker
     body = m.encode(register_msg(CHIEF))
     rpc_error(plane.address, "Register", body)
-    rpc_error(plane.address, "Register", b"{", auth.sign(plane.secret, method_path("Register"),
-                                                          b"{"))
+    rpc_error(plane.address, "Register", b"{", auth.sign(auth.new_secret(),
+                                                          method_path("Register"), b"{"))
     metadata = auth.sign(plane.secret, method_path("Register"), body)
     rpc_error(plane.address, "Register", body + b" ", metadata)
     assert plane.service.rejected == 3
+    assert plane.state.failures == []
     assert plane.state.registered == set()
     assert plane.client.register(register_msg(CHIEF)).accepted
     assert plane.client.register(register_msg(WORKER)).accepted

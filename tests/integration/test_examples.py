@@ -1,0 +1,43 @@
+"""The mnist example pair end to end: data setup, plain TF, and on Spark (MWMS and PSS)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+MNIST = REPO / "examples" / "mnist"
+
+
+def run(*argv, timeout=300):
+    result = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def accuracy(output: str, prefix: str = "") -> float:
+    found = re.findall(re.escape(prefix) + r"test accuracy: ([0-9.]+)", output)
+    assert len(found) == 1, output[-4000:]
+    return float(found[0])
+
+
+@pytest.fixture(scope="module")
+def mnist_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mnist")
+    run(MNIST / "mnist_data_setup.py", "--output", out, "--format", "tfrecord")
+    return out
+
+
+def test_plain_tensorflow(mnist_data):
+    assert accuracy(run(MNIST / "mnist_tf.py", "--data_dir", mnist_data)) > 0.9
+
+
+@pytest.mark.parametrize("num_ps, chief", [(0, "[chief:0@127.0.0.1] "),
+                                           (1, "[chief:0@127.0.0.1] ")])
+def test_on_spark_three_nodes(mnist_data, num_ps, chief):
+    output = run(MNIST / "mnist_spark.py", "--cluster_size", 3, "--num_ps", num_ps,
+                 "--data_dir", mnist_data, "--master", "local-cluster[3,1,1024]")
+    assert accuracy(output, chief) > 0.9
