@@ -1,0 +1,89 @@
+"""Feed message codec: round trips in place, and strict refusal of anything malformed."""
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tfos import feed_codec
+from tfos.errors import ProtocolError
+
+
+def join(parts) -> bytes:
+    return b"".join(bytes(p) for p in parts)
+
+
+def test_round_trip_of_mnist_shaped_columns_without_copies():
+    images = np.random.default_rng(0).random((100, 784), dtype=np.float32)
+    labels = np.arange(100, dtype=np.int64)
+    message = bytearray(join(feed_codec.encode("batch", {"seq": 3},
+                                               {"image": images, "label": labels})))
+    kind, meta, columns = feed_codec.decode(message)
+    assert (kind, meta) == ("batch", {"seq": 3})
+    np.testing.assert_array_equal(columns["image"], images)
+    np.testing.assert_array_equal(columns["label"], labels)
+    assert columns["image"].ctypes.data % feed_codec.ALIGN == \
+        (np.frombuffer(message, np.uint8).ctypes.data % feed_codec.ALIGN)
+    raw = np.frombuffer(message, np.uint8)  # the decoded columns are views of the message
+    assert np.shares_memory(columns["image"], raw) and np.shares_memory(columns["label"], raw)
+
+
+def test_control_messages_carry_no_columns():
+    assert feed_codec.decode(join(feed_codec.encode("end", {"records": 7}))) == \
+        ("end", {"records": 7}, {})
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays=st.lists(hnp.arrays(
+    dtype=st.sampled_from([np.float32, np.float64, np.int8, np.int64, np.uint16, np.bool_,
+                           np.dtype("S5"), np.dtype("<U3")]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)), max_size=4))
+def test_any_supported_columns_round_trip(arrays):
+    columns = {f"c{i}": a for i, a in enumerate(arrays)}
+    _, _, decoded = feed_codec.decode(join(feed_codec.encode("batch", {}, columns)))
+    assert list(decoded) == list(columns)
+    for name, array in columns.items():
+        assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
+        np.testing.assert_array_equal(decoded[name], array)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data):
+    try:
+        feed_codec.decode(data)
+    except ProtocolError:
+        pass
+
+
+def forged(header: dict, body: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    prefix = struct.pack("<I", len(raw)) + raw
+    return prefix + bytes(-len(prefix) % feed_codec.ALIGN) + body
+
+
+@pytest.mark.parametrize("column, match", [
+    ({"name": "x", "dtype": "|O", "shape": [1], "offset": 0, "nbytes": 8}, "cannot carry"),
+    ({"name": "x", "dtype": "<f4", "shape": [4], "offset": 0, "nbytes": 16}, "needs 16 bytes"),
+    ({"name": "x", "dtype": "<f4", "shape": [2], "offset": 0, "nbytes": 4}, "needs 8 bytes"),
+    ({"name": "x", "dtype": "<f4", "shape": [-1], "offset": 0, "nbytes": 4}, "bad column"),
+    ({"name": "x", "dtype": "<f4", "shape": [True], "offset": 0, "nbytes": 4}, "bad column"),
+    ({"name": "x", "dtype": "nonsense", "shape": [1], "offset": 0, "nbytes": 4}, "unknown dtype"),
+    ({"name": "x", "dtype": "<f4", "shape": [1], "offset": 0}, "bad column"),
+])
+def test_forged_columns_are_refused(column, match):
+    with pytest.raises(ProtocolError, match=match):
+        feed_codec.decode(forged({"kind": "batch", "meta": {}, "columns": [column]}, b"\0" * 8))
+
+
+def test_object_arrays_are_never_sent():
+    with pytest.raises(ProtocolError, match="cannot carry"):
+        feed_codec.encode("batch", {}, {"x": np.array([object()])})
+
+
+def test_a_header_longer_than_the_message_is_refused():
+    with pytest.raises(ProtocolError, match="does not fit"):
+        feed_codec.decode(struct.pack("<I", 1000) + b"{}")
