@@ -16,6 +16,7 @@ setup(
         "tf-keras>=2.21,<2.22",
         "tensorboard>=2.20",
         "numpy",
+        "pyarrow>=15",
         "grpcio>=1.60",
         "cloudpickle",
         "psutil",
