@@ -1,0 +1,95 @@
+"""The bounded, epoch-aware feed buffer: epochs end exactly, producers block when it is full."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tfos.feed_queue import Chunk, FeedError, FeedQueue
+
+
+def chunk(epoch, rows, start=0, row_bytes=8):
+    values = np.arange(start, start + rows, dtype=np.int64)
+    return Chunk({"x": values}, rows, epoch, rows * row_bytes)
+
+
+def rows_of(pieces):
+    return [int(v) for c, a, b in pieces for v in c.columns["x"][a:b]]
+
+
+def test_batches_stop_at_the_epoch_boundary_then_signal_its_end():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 5)
+    q.announce_epoch(1, 3)
+    q.put(chunk(0, 3, 0))
+    q.put(chunk(0, 2, 3))
+    q.put(chunk(1, 3, 100))
+    q.end_of_data(1)
+    assert rows_of(q.take(4, within_epoch=True)) == [0, 1, 2, 3]
+    assert rows_of(q.take(4, within_epoch=True)) == [4]
+    assert q.take(4, within_epoch=True) == []          # end of epoch 0
+    assert rows_of(q.take(4, within_epoch=True)) == [100, 101, 102]
+    assert q.take(4, within_epoch=True) == []          # end of epoch 1
+    assert q.take(4, within_epoch=True) is None        # end of data
+    assert q.done
+
+
+def test_next_batch_style_takes_cross_epochs():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 2)
+    q.announce_epoch(1, 2)
+    q.put(chunk(0, 2, 0))
+    q.put(chunk(1, 2, 10))
+    q.end_of_data(1)
+    assert rows_of(q.take(3, within_epoch=False)) == [0, 1, 10]
+    assert rows_of(q.take(3, within_epoch=False)) == [11]
+    assert q.take(3, within_epoch=False) is None
+
+
+def test_an_epoch_without_rows_for_this_worker_ends_at_once():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 0)
+    assert q.take(8, within_epoch=True) == []
+
+
+def test_a_full_buffer_blocks_the_producer_until_rows_are_taken():
+    q = FeedQueue("train", capacity_bytes=80)
+    q.announce_epoch(0, 20)
+    q.put(chunk(0, 10, 0))
+    put_done = threading.Event()
+    threading.Thread(target=lambda: (q.put(chunk(0, 10, 10)), put_done.set()),
+                     daemon=True).start()
+    assert not put_done.wait(0.3), "the second chunk must wait for room"
+    assert rows_of(q.take(10, within_epoch=True)) == list(range(10))
+    assert put_done.wait(5)
+    assert rows_of(q.take(10, within_epoch=True)) == list(range(10, 20))
+
+
+def test_a_chunk_larger_than_the_buffer_is_refused_with_the_sizes():
+    with pytest.raises(FeedError, match="800 bytes, more than the feed buffer of 100"):
+        FeedQueue("big", 100).put(chunk(0, 100))
+
+
+def test_waits_have_deadlines_that_say_what_is_missing():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 10)
+    q.put(chunk(0, 4))
+    start = time.monotonic()
+    with pytest.raises(FeedError, match="epoch 0: 4 of 10 records received"):
+        q.take(8, within_epoch=True, timeout=0.2)
+    assert time.monotonic() - start < 2
+    full = FeedQueue("full", 8)
+    full.put(chunk(0, 1))
+    with pytest.raises(FeedError, match="consumed nothing"):
+        full.put(chunk(0, 1), timeout=0.2)
+
+
+def test_terminate_releases_a_blocked_producer_and_ends_the_feed():
+    q = FeedQueue("train", 8)
+    q.put(chunk(0, 1))
+    blocked = threading.Thread(target=q.put, args=(chunk(0, 1),), daemon=True)
+    blocked.start()
+    q.terminate()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    assert q.take(1, within_epoch=True) is None and q.done
