@@ -53,5 +53,9 @@ class AuthenticationError(TfosError):
     """A control message did not carry a valid signature of the cluster's secret."""
 
 
+class FeedUsageError(TfosError, ValueError):
+    """A DataFeed was used in a way that cannot work (wrong result count, unknown column...)."""
+
+
 class ProtocolError(TfosError):
     """A control message could not be decoded (wrong version, type or shape)."""

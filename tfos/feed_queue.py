@@ -100,6 +100,21 @@ class FeedQueue:
             self._cond.notify_all()
 
     # -- the consumer ---------------------------------------------------------------------
+    def peek(self, timeout: float | None = None) -> Chunk | None:
+        """The first chunk not yet fully taken (waits for one); None when the feed is over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._done_locked():
+                    return None
+                for number in sorted(self._epochs):
+                    if number >= self._current and self._epochs[number].chunks:
+                        return self._epochs[number].chunks[0]
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise FeedError(f"feed {self.name!r}: no data arrived for {timeout:.0f}s")
+                self._cond.wait(remaining)
+
     @property
     def done(self) -> bool:
         with self._cond:

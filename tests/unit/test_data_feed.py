@@ -1,0 +1,88 @@
+"""DataFeed over a FeedQueue: TFoS-style rows, results routed back in order, tf.data epochs."""
+import threading
+
+import numpy as np
+import pytest
+
+from tfos.data_feed import DataFeed
+from tfos.errors import FeedUsageError
+from tfos.feed_queue import Chunk, FeedQueue
+
+
+def feeding(epochs, replies=None, row_width=3):
+    """A queue holding ``epochs``: a list of lists of chunk sizes, values counting up."""
+    q = FeedQueue("train", 1 << 24)
+    value = 0
+    for epoch, sizes in enumerate(epochs):
+        q.announce_epoch(epoch, sum(sizes))
+        for size in sizes:
+            x = np.arange(value, value + size, dtype=np.float32)
+            image = np.repeat(x[:, None], row_width, axis=1)
+            reply = None if replies is None else (lambda cols, i=len(replies): replies.append(cols))
+            q.put(Chunk({"image": image, "label": x.astype(np.int64)}, size, epoch,
+                        image.nbytes + x.nbytes * 2, reply))
+            value += size
+    q.end_of_data(len(epochs) - 1)
+    return q
+
+
+def test_next_batch_returns_rows_and_should_stop_at_the_end():
+    feed = DataFeed(feeding([[3, 2]]))
+    rows = feed.next_batch(4)
+    assert len(rows) == 4 and rows[3][1] == 3 and list(rows[3][0]) == [3.0] * 3
+    assert not feed.should_stop()
+    assert [r[1] for r in feed.next_batch(4)] == [4]   # the last row: the feed is over
+    assert feed.should_stop()
+    assert feed.next_batch(4) == []
+
+
+def test_input_mapping_gives_tensor_names_to_columns():
+    feed = DataFeed(feeding([[4]]), input_mapping={"image": "x", "label": "y"})
+    batch = feed.next_batch(2)
+    assert set(batch) == {"x", "y"} and batch["x"].shape == (2, 3)
+
+
+def test_results_go_back_to_each_chunk_in_order():
+    replies = []
+    feed = DataFeed(feeding([[3, 3]], replies=replies), train_mode=False)
+    rows = feed.next_batch(4)                       # 3 rows of chunk 0, 1 row of chunk 1
+    feed.batch_results([r[1] * 10 for r in rows])
+    rows = feed.next_batch(4)
+    feed.batch_results([r[1] * 10 for r in rows])
+    assert [list(r["0"]) for r in replies] == [[0, 10, 20], [30], [40, 50]]
+
+
+def test_a_wrong_number_of_results_is_refused():
+    feed = DataFeed(feeding([[3]], replies=[]), train_mode=False)
+    feed.next_batch(3)
+    with pytest.raises(FeedUsageError, match=r"got \[2\] results for 3 rows"):
+        feed.batch_results([1, 2])
+
+
+def test_terminate_stops_the_feed_and_calls_back():
+    called = threading.Event()
+    feed = DataFeed(feeding([[3]]), on_terminate=called.set)
+    feed.terminate()
+    assert feed.should_stop() and called.is_set() and feed.next_batch(1) == []
+
+
+def test_dataset_gives_equal_epochs_to_keras_fit():
+    import tensorflow as tf
+    feed = DataFeed(feeding([[7, 5], [6, 6]], row_width=4))
+    dataset = feed.dataset(batch_size=5, columns=["image", "label"])
+    epoch0 = [(x.shape[0], int(y[0])) for x, y in dataset]
+    epoch1 = [(x.shape[0], int(y[0])) for x, y in dataset]
+    assert epoch0 == [(5, 0), (5, 5), (2, 10)]
+    assert epoch1 == [(5, 12), (5, 17), (2, 22)]
+    assert list(dataset) == []     # the feed is over
+
+    feed = DataFeed(feeding([[32], [32]], row_width=4))
+    model = tf.keras.Sequential([tf.keras.layers.Input((4,)), tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(feed.dataset(8, ["image", "label"]), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+def test_dataset_with_unknown_columns_names_them():
+    with pytest.raises(FeedUsageError, match=r"no columns \['pixels'\]"):
+        DataFeed(feeding([[2]])).dataset(2, columns=["pixels"])
