@@ -8,4 +8,6 @@ cd "$root"
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
 export PYSPARK_PYTHON="$root/.venv/bin/python"
 export SPARK_HOME=$("$root/scripts/spark_home.sh")
-exec "$root/.venv/bin/python" -m pytest "${@:-tests}"
+# The fast tier first: a broken core fails in seconds, before any Spark starts.
+if [ $# -eq 0 ]; then set -- tests/unit tests/integration; fi
+exec "$root/.venv/bin/python" -m pytest "$@"

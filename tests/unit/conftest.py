@@ -76,13 +76,18 @@ def control_chief_worker(control_plane):
 
 @pytest.fixture(autouse=True)
 def no_leftover_children():
-    """Fails the test if a child process of pytest outlives it (bounded wait, then kill)."""
+    """Fails the test if a child process it started outlives it (bounded wait, then kill).
+
+    Children that existed before the test (another tier's Spark JVMs and Python workers, when
+    both tiers run in one pytest session) are not the test's and are left alone.
+    """
+    before = {p.pid for p in _live_children()}
     yield
     deadline = time.monotonic() + 10
-    left = _live_children()
+    left = [p for p in _live_children() if p.pid not in before]
     while left and time.monotonic() < deadline:
         psutil.wait_procs(left, timeout=0.5)
-        left = _live_children()
+        left = [p for p in _live_children() if p.pid not in before]
     described = []
     for proc in left:
         with contextlib.suppress(psutil.Error):
