@@ -42,6 +42,7 @@ class TFCluster:
         self.job_group = f"tfos-{self.cluster_id}"
         self._service = service
         self._job_thread: threading.Thread | None = None
+        self._feeder = None  # tfos.feeding.Feeder in InputMode.SPARK
         self._closed = threading.Event()
         self._shutdown_done = False
 
@@ -77,13 +78,12 @@ class TFCluster:
                                master_node=master_node, eval_node=eval_node,
                                input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
                                reservation_timeout=reservation_timeout, **options)
-        if config.input_mode != InputMode.TENSORFLOW:
-            raise ConfigError("input_mode=InputMode.SPARK is not available in this version of "
-                              "tfos; use InputMode.TENSORFLOW (the TF code reads its own data)")
         if config.rdma:
             raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
-        preflight.check(sc, config, slots_needed=config.num_nodes)
+        # InputMode.SPARK: feed tasks need slots beside the nodes' own.
+        feed_slots = 1 if config.input_mode == InputMode.SPARK else 0
+        preflight.check(sc, config, slots_needed=config.num_nodes + feed_slots)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
         state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
@@ -92,6 +92,10 @@ class TFCluster:
         secret = auth.new_secret()
         service = ControlService(state, secret, host).start()
         cluster = cls(sc, config, state, service)
+        if config.input_mode == InputMode.SPARK:
+            from tfos.feeding import Feeder
+            cluster._feeder = Feeder(cluster, secret)
+            state.on_feed_terminated = lambda node_id, feed: cluster._feeder.cancel()
         try:
             cluster._launch(NodeStageSpec(config, service.address, secret, payload,
                                           default_fs(sc)))
@@ -137,6 +141,8 @@ class TFCluster:
     def _stop_nodes(self) -> None:
         """Orders every node to stop, then cancels the Spark job if it has not ended."""
         self.state.request_stop()
+        if self._feeder is not None:
+            self._feeder.cancel()
         grace = self.config.kill_grace + 3 * self.config.heartbeat_interval + 2
         if self._job_thread is not None:
             self._job_thread.join(grace)
@@ -148,10 +154,41 @@ class TFCluster:
 
     def _stop_everything(self) -> None:
         self._stop_nodes()
+        if self._feeder is not None:
+            self._feeder.close()
         self._closed.set()
         self._service.stop()
 
     # -- public ---------------------------------------------------------------------------
+    def train(self, data, num_epochs: int = 1, feed_timeout: float = 600.0,
+              qname: str = "input") -> None:
+        """Feeds ``data`` (an RDD or a DataFrame) to the chief and workers for ``num_epochs``.
+
+        Every worker gets the same number of records in each epoch (see ``tfos.feed_plan``
+        for the few left out). May be called again to feed more epochs or other data; the nodes'
+        ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns when every epoch was
+        taken in, or early when the nodes stop consuming.
+        """
+        self._spark_feeder("train").train(data, num_epochs, feed_timeout, qname)
+
+    def inference(self, data, feed_timeout: float = 600.0, qname: str = "input",
+                  output_schema=None):
+        """Results of the nodes' ``batch_results`` for every row of ``data``, in row order.
+
+        An RDD gives an RDD of results; a DataFrame gives a DataFrame of its columns plus the
+        ``output_schema`` columns (e.g. ``"prediction float"``). Lazy, like any Spark
+        transformation: the rows are fed when the result is computed.
+        """
+        return self._spark_feeder("inference").inference(data, feed_timeout, qname, output_schema)
+
+    def _spark_feeder(self, what: str):
+        if self._feeder is None:
+            raise ConfigError(f"{what}() needs a cluster started with "
+                              "input_mode=tfos.InputMode.SPARK")
+        if self._shutdown_done:
+            raise ConfigError(f"{what}() after shutdown(): start a new cluster with TFCluster.run")
+        return self._feeder
+
     @property
     def cluster_info(self) -> list[dict]:
         """One dict per node: id, job name, task index, host, TF port, process id."""
@@ -182,6 +219,8 @@ class TFCluster:
             return
         self._shutdown_done = True
         try:
+            if self._feeder is not None:
+                self._feeder.end_of_data()
             self.state.wait_finished(timeout)
             if grace_secs > 0:
                 self._closed.wait(grace_secs)

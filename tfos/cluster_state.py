@@ -7,6 +7,7 @@ or gRPC object, so its logic is tested directly.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -58,6 +59,8 @@ class ClusterState:
         self.registered: set[int] = set()
         self.failures: list[NodeFailed] = []
         self.services: dict[str, str] = {}
+        self.feed_uris: dict[int, list[str]] = {}   # node id -> its feed endpoint's addresses
+        self.on_feed_terminated: Callable[[int, str], None] | None = None
         self.stop_requested = False
         self.job_ended = False
 
@@ -134,8 +137,21 @@ class ClusterState:
 
     def service_url(self, msg: m.ServiceUrl) -> m.Ack:
         with self.changed:
-            self.services[msg.name] = msg.url
+            if msg.name == "feed":
+                uris = json.loads(msg.url)
+                if msg.node_id not in self.nodes or not isinstance(uris, list) \
+                        or not all(isinstance(u, str) for u in uris):
+                    return m.Ack(False)
+                self.feed_uris[msg.node_id] = uris
+            else:
+                self.services[msg.name] = msg.url
             self.changed.notify_all()
+        return m.Ack()
+
+    def feed_terminated(self, msg: m.FeedTerminated) -> m.Ack:
+        callback = self.on_feed_terminated
+        if callback is not None and msg.node_id in self.nodes:
+            callback(msg.node_id, msg.feed)
         return m.Ack()
 
     # -- driver-side events -------------------------------------------------------------

@@ -44,6 +44,8 @@ class ClusterConfig:
     env: tuple[tuple[str, str], ...] = ()
     # Address the driver's control service advertises to executors; None: detect.
     driver_host: str | None = None
+    # Bytes of fed data each TF node buffers per feed before feeders block (InputMode.SPARK).
+    feed_buffer_bytes: int = 256 << 20
     # Exchange tensors over RDMA (--rdma): needs an RDMA device; never falls back to TCP.
     rdma: bool = False
     # Lines of each node's output kept for error reports.
@@ -51,7 +53,7 @@ class ClusterConfig:
     roles: tuple[topology.Role, ...] = field(init=False)
 
     def __post_init__(self):
-        for name in ("num_executors", "num_ps", "log_tail_lines"):
+        for name in ("num_executors", "num_ps", "log_tail_lines", "feed_buffer_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r}: pass a non-negative int")

@@ -37,6 +37,8 @@ class NodeContext:
         self.host: str = info["host"]
         self.log_dir: str | None = info.get("log_dir")
         self._status_fd = status_fd
+        self._feed_info = info.get("feed")
+        self._feed_server = None
 
     @classmethod
     def from_environment(cls) -> "NodeContext":
@@ -75,9 +77,39 @@ class NodeContext:
                                       config=config, start=True)
         return spec, ClusterServer(server, self._notify_serving)
 
-    def _notify_serving(self) -> None:
+    def start_feed_server(self, secret: bytes) -> None:
+        """Opens this node's feed endpoint (InputMode.SPARK) and announces its addresses."""
+        if not self._feed_info:
+            return
+        from tfos.feed_server import FeedServer
+        info = self._feed_info
+        self._feed_server = FeedServer([f"tcp://{info['host']}:0", f"shm://{info['shm_path']}"],
+                                       secret, info["buffer_bytes"])
+        self._notify("feed " + json.dumps(self._feed_server.addresses))
+
+    def get_data_feed(self, train_mode: bool = True, qname_in: str = "input",
+                      qname_out: str = "output", input_mapping: dict | None = None,
+                      timeout: float | None = None):
+        """The ``DataFeed`` of feed ``qname_in`` (InputMode.SPARK; TensorFlowOnSpark's API).
+
+        ``qname_out`` is accepted for compatibility: results go back on the connection their
+        rows came from. ``timeout`` bounds each wait for data (None: wait for the driver).
+        """
+        if self._feed_server is None:
+            raise ConfigError(f"get_data_feed() on {self.job_name}:{self.task_index}: only the "
+                              "chief and workers of a cluster started with "
+                              "input_mode=InputMode.SPARK receive data")
+        from tfos.data_feed import DataFeed
+        return DataFeed(self._feed_server.queue(qname_in), train_mode, input_mapping,
+                        on_terminate=lambda: self._notify(f"terminate {qname_in}"),
+                        timeout=timeout)
+
+    def _notify(self, line: str) -> None:
         if self._status_fd is not None:
-            os.write(self._status_fd, b"serving\n")
+            os.write(self._status_fd, line.encode() + b"\n")
+
+    def _notify_serving(self) -> None:
+        self._notify("serving")
 
 
 class ClusterServer:

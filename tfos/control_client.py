@@ -57,6 +57,9 @@ class ControlClient:
     def service_url(self, msg: m.ServiceUrl) -> m.Ack:
         return self.call("ServiceUrl", msg)
 
+    def feed_terminated(self, msg: m.FeedTerminated) -> m.Ack:
+        return self.call("FeedTerminated", msg)
+
     def close(self) -> None:
         self._channel.close()
 

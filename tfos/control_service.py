@@ -29,6 +29,7 @@ METHODS = {
     "Logs": (m.LogLines, m.Ack, "log_lines"),
     "Status": (m.NodeStatus, m.Ack, "status"),
     "ServiceUrl": (m.ServiceUrl, m.Ack, "service_url"),
+    "FeedTerminated": (m.FeedTerminated, m.Ack, "feed_terminated"),
 }
 
 

@@ -87,6 +87,13 @@ class ServiceUrl:
 
 
 @dataclass(frozen=True)
+class FeedTerminated:
+    """The node's map_fun called ``DataFeed.terminate()``: stop feeding it."""
+    node_id: int
+    feed: str
+
+
+@dataclass(frozen=True)
 class Ack:
     ok: bool = True
 

@@ -21,8 +21,10 @@ def main() -> int:
         return 1
     ctx = NodeContext.from_environment()
     # The payload comes from our own parent over a pipe; it was pickled by the Spark driver.
-    map_fun, tf_args = pickle.loads(sys.stdin.buffer.read())
+    secret, payload = pickle.loads(sys.stdin.buffer.read())
     sys.stdin.close()
+    ctx.start_feed_server(secret)
+    map_fun, tf_args = pickle.loads(payload)
     try:
         map_fun(tf_args, ctx)
     except SystemExit as exc:

@@ -17,6 +17,7 @@ import collections
 import json
 import logging
 import os
+import pickle
 import queue
 import subprocess
 import sys
@@ -141,6 +142,7 @@ class NodeSupervisor:
     def _run_processes(self) -> int:
         read_status, write_status = os.pipe()
         with tempfile.TemporaryDirectory(prefix="tfos-node-") as scratch:
+            self._scratch = scratch
             log_dir = self._log_dir(scratch)
             try:
                 child = process.ChildProcess(
@@ -158,7 +160,7 @@ class NodeSupervisor:
         self._thread(self._read_status, read_status)
         heartbeat = self._thread(self._heartbeat, child)
         try:
-            child.popen.stdin.write(self.spec.payload)
+            child.popen.stdin.write(pickle.dumps((self.spec.secret, self.spec.payload)))
             child.popen.stdin.close()
         except BrokenPipeError:
             pass  # the process died at start; its exit code and output tell why
@@ -202,8 +204,17 @@ class NodeSupervisor:
             "job_name": self.role.job_name, "task_index": self.role.task_index,
             "node_id": self.role.node_id, "num_workers": topology.num_trainers(self.config.roles),
             "cluster_spec": self.cluster_spec, "default_fs": self.spec.default_fs,
-            "working_dir": os.getcwd(), "host": self.host, "log_dir": log_dir})
+            "working_dir": os.getcwd(), "host": self.host, "log_dir": log_dir,
+            "feed": self._feed_info()})
         return env
+
+    def _feed_info(self) -> dict | None:
+        """Where the TF process opens its feed endpoint (InputMode.SPARK, trainers only)."""
+        from tfos.config import InputMode
+        if self.config.input_mode != InputMode.SPARK or not topology.is_trainer(self.role):
+            return None
+        return {"host": self.host, "shm_path": os.path.join(self._scratch, "feed.sock"),
+                "buffer_bytes": self.config.feed_buffer_bytes}
 
     def _log_dir(self, scratch: str) -> str | None:
         if self.config.log_dir:
@@ -271,11 +282,19 @@ class NodeSupervisor:
         flushed.wait(self.config.heartbeat_timeout)
 
     def _read_status(self, fd: int) -> None:
+        """Relays what the TF process announces on its status pipe, one line each."""
         with os.fdopen(fd, "rb") as pipe:
-            for line in pipe:
-                if line.strip() == b"serving":
+            for raw in pipe:
+                word, _, rest = raw.decode("utf-8", "replace").strip().partition(" ")
+                if word == "serving":
                     self.state = m.NodeState.SERVING
                     self._report(m.NodeStatus(self.role.node_id, m.NodeState.SERVING))
+                elif word == "feed":
+                    self._call(self.client.service_url,
+                               m.ServiceUrl(self.role.node_id, "feed", rest))
+                elif word == "terminate":
+                    self._call(self.client.feed_terminated,
+                               m.FeedTerminated(self.role.node_id, rest))
 
     def _heartbeat(self, child: process.ChildProcess) -> None:
         silent_since = None

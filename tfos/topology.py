@@ -81,9 +81,14 @@ def tf_config(spec: dict[str, list[str]], role: Role) -> str:
                        "environment": "cloud"})
 
 
+def is_trainer(role: Role) -> bool:
+    """The chief and the workers compute gradients (and receive fed data)."""
+    return role.job_name == WORKER or role.job_name in MASTER_NODES
+
+
 def num_trainers(roles: tuple[Role, ...]) -> int:
-    """Nodes that compute gradients: the chief and the workers (TFoS's ``num_workers``)."""
-    return sum(1 for r in roles if r.job_name == WORKER or r.job_name in MASTER_NODES)
+    """Nodes that compute gradients: TensorFlowOnSpark's ``num_workers``."""
+    return sum(1 for r in roles if is_trainer(r))
 
 
 def primary_node(roles: tuple[Role, ...]) -> Role:

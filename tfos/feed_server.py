@@ -1,0 +1,141 @@
+"""The TF node's feed endpoint: accepts feeders and the driver, fills the named feeds (TF node).
+
+Started by ``tfos.node_main`` before ``map_fun`` in InputMode.SPARK, on the addresses the node
+task reserved for it (``tcp://host:port`` for feeders on other hosts, ``shm://...`` for feeders
+on this one). Every connection is authenticated by the comm layer with the cluster's secret.
+
+A connection opens with a ``hello`` message saying who speaks:
+
+- a feeder (a Spark feed task): ``hello {role: feeder, feed, epoch, mode}``, then ``batch``
+  messages of columns, then ``end``. In inference mode the results of each batch's rows go back
+  on the same connection as ``results`` messages, in order.
+- the driver: ``hello {role: driver}``, then ``epoch {feed, epoch, per_worker}`` before each
+  epoch and ``end_of_data {feed, last_epoch}`` at the end.
+
+A batch the node cannot take (malformed, larger than the buffer) is answered with an ``error``
+message that the feeder raises, so the Spark task fails with the node's reason.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from tfos import feed_codec
+from tfos.errors import ProtocolError
+from tfos.feed_queue import Chunk, FeedError, FeedQueue
+
+logger = logging.getLogger(__name__)
+
+
+class FeedServer:
+    def __init__(self, uris: list[str], secret: bytes, buffer_bytes: int,
+                 put_timeout: float | None = None):
+        from rdma import comm
+        self._comm = comm
+        self._secret = secret
+        self._buffer_bytes = buffer_bytes
+        self._put_timeout = put_timeout
+        self._queues: dict[str, FeedQueue] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._listeners = [comm.listen(uri, secret=secret) for uri in uris]
+        self.addresses = [listener.address for listener in self._listeners]
+        for listener in self._listeners:
+            threading.Thread(target=self._accept, args=(listener,), daemon=True,
+                             name="tfos-feed-accept").start()
+
+    def queue(self, name: str) -> FeedQueue:
+        with self._lock:
+            if name not in self._queues:
+                self._queues[name] = FeedQueue(name, self._buffer_bytes)
+            return self._queues[name]
+
+    def close(self) -> None:
+        self._closed.set()
+        for listener in self._listeners:
+            listener.close()
+        with self._lock:
+            for q in self._queues.values():
+                q.terminate()
+
+    # -- connections --------------------------------------------------------------------------
+    def _accept(self, listener) -> None:
+        while not self._closed.is_set():
+            try:
+                conn = listener.accept()
+            except self._comm.CommError as exc:
+                if not self._closed.is_set():
+                    logger.warning("feed endpoint %s refused a connection: %s",
+                                   listener.address, exc)
+                    if isinstance(exc, self._comm.CommClosed):
+                        return
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="tfos-feed-conn").start()
+
+    def _serve(self, conn) -> None:
+        with conn:
+            try:
+                kind, meta, _ = feed_codec.decode(conn.recv())
+                if kind != "hello":
+                    raise ProtocolError(f"a feed connection must start with hello, not {kind!r}")
+                if meta.get("role") == "driver":
+                    self._serve_driver(conn)
+                else:
+                    self._serve_feeder(conn, meta)
+            except self._comm.CommClosed:
+                pass
+            except (ProtocolError, FeedError, KeyError, TypeError) as exc:
+                logger.error("feed connection from %s failed: %s", conn.peer_address, exc)
+                self._send_error(conn, str(exc))
+
+    def _serve_driver(self, conn) -> None:
+        while True:
+            kind, meta, _ = feed_codec.decode(conn.recv())
+            if kind == "epoch":
+                self.queue(meta["feed"]).announce_epoch(int(meta["epoch"]), int(meta["per_worker"]))
+            elif kind == "end_of_data":
+                self.queue(meta["feed"]).end_of_data(int(meta["last_epoch"]))
+            else:
+                raise ProtocolError(f"unknown driver message {kind!r}")
+            conn.send(feed_codec.encode("ok"))
+
+    def _serve_feeder(self, conn, hello: dict) -> None:
+        queue = self.queue(str(hello["feed"]))
+        epoch = int(hello["epoch"])
+        inference = hello.get("mode") == "inference"
+        reply_lock = threading.Lock()
+
+        def reply(columns):
+            with reply_lock:
+                conn.send(feed_codec.encode("results", {"rows": len(next(iter(columns.values())))},
+                                            columns))
+
+        while True:
+            kind, meta, columns = feed_codec.decode(conn.recv())
+            if kind == "end":
+                break
+            if kind != "batch":
+                raise ProtocolError(f"unknown feeder message {kind!r}")
+            rows = int(meta["rows"])
+            if any(len(c) != rows for c in columns.values()) or not columns:
+                raise ProtocolError(f"a batch of {rows} rows has columns of other lengths")
+            # The message's memory is reused by the next recv: the queue keeps a copy.
+            owned = {name: array.copy() for name, array in columns.items()}
+            chunk = Chunk(owned, rows, epoch, sum(a.nbytes for a in owned.values()),
+                          reply if inference else None)
+            queue.put(chunk, self._put_timeout)
+        if not inference:
+            conn.send(feed_codec.encode("done"))
+        else:
+            # Keep the connection open until every result went back; the feeder closes it.
+            try:
+                conn.recv()
+            except self._comm.CommClosed:
+                pass
+
+    def _send_error(self, conn, message: str) -> None:
+        try:
+            conn.send(feed_codec.encode("error", {"message": message}))
+        except self._comm.CommError:
+            pass

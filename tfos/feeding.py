@@ -1,0 +1,238 @@
+"""Feeding Spark data into a running cluster: ``train`` and ``inference`` (driver side).
+
+``train(data, num_epochs)``: counts the rows of every partition once, then for each epoch
+plans the split (``tfos.feed_plan``: the same number of records for every worker), announces
+the epoch to each worker's feed endpoint, and runs one Spark job whose tasks stream their
+partition's ranges into the workers (``tfos.feed_task``). The data never passes through the
+driver; only the small epoch markers do. When the nodes stop consuming (``terminate()``, a
+failure, the end of ``map_fun``) the feed job is cancelled at once.
+
+``inference(data)``: a lazy RDD (or DataFrame) whose tasks each feed one partition to one
+worker and yield the results in row order.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from tfos import feed_codec, topology
+from tfos.errors import ClusterFailed, ConfigError, TfosError
+from tfos.feed_plan import plan_epoch
+from tfos.feed_task import FeedSpec, NodeEndpoint, feed_training_partition, infer_partition
+
+if TYPE_CHECKING:
+    from tfos.cluster import TFCluster
+
+logger = logging.getLogger(__name__)
+
+
+class FeedJobFailed(TfosError):
+    """A Spark feed job failed for a reason other than the cluster stopping."""
+
+
+class Feeder:
+    """The driver's side of the data plane for one cluster."""
+
+    def __init__(self, cluster: "TFCluster", secret: bytes):
+        self.cluster = cluster
+        self._secret = secret
+        self._epochs: dict[str, int] = {}      # next epoch number per feed
+        self._markers: dict[int, object] = {}  # node id -> driver connection to its feed
+        self._lock = threading.Lock()
+        self.job_group = f"{cluster.job_group}-feed"
+        self.terminated = threading.Event()
+
+    # -- endpoints ----------------------------------------------------------------------------
+    def workers(self) -> list[int]:
+        """Node ids that receive data: the chief and the workers, in role order."""
+        return [r.node_id for r in self.cluster.config.roles if topology.is_trainer(r)]
+
+    def endpoints(self, timeout: float) -> tuple[NodeEndpoint, ...]:
+        state = self.cluster.state
+        ids = self.workers()
+        with state.changed:
+            ready = state.changed.wait_for(
+                lambda: state.failures or all(i in state.feed_uris for i in ids), timeout)
+            if state.failures:
+                raise ClusterFailed(f"the TF cluster failed: {state.failures[0]}",
+                                    tuple(state.failures))
+            if not ready:
+                missing = [state.nodes[i].label for i in ids if i not in state.feed_uris]
+                raise FeedJobFailed(f"nodes {', '.join(missing)} did not open their feed within "
+                                    f"{timeout:.0f}s; check their output above")
+            return tuple(NodeEndpoint(state.nodes[i].label, tuple(state.feed_uris[i]))
+                         for i in ids)
+
+    def _marker_conn(self, node_id: int, endpoint: NodeEndpoint):
+        from rdma import comm
+        conn = self._markers.get(node_id)
+        if conn is None:
+            tcp = [u for u in endpoint.uris if u.startswith("tcp://")]
+            conn = comm.connect(tcp[0], secret=self._secret, timeout=30)
+            conn.send(feed_codec.encode("hello", {"role": "driver"}))
+            self._markers[node_id] = conn
+        return conn
+
+    def _mark(self, node_id: int, endpoint: NodeEndpoint, kind: str, meta: dict) -> None:
+        conn = self._marker_conn(node_id, endpoint)
+        conn.send(feed_codec.encode(kind, meta))
+        reply, reply_meta, _ = feed_codec.decode(conn.recv())
+        if reply != "ok":
+            raise FeedJobFailed(f"node {endpoint.label} refused the {kind} marker: {reply_meta}")
+
+    # -- train --------------------------------------------------------------------------------
+    def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> None:
+        if num_epochs < 1:
+            raise ConfigError(f"num_epochs={num_epochs}: must be at least 1")
+        endpoints = self.endpoints(feed_timeout)
+        arrow = _is_dataframe(data)
+        counts = partition_counts(data)
+        ids = self.workers()
+        for _ in range(num_epochs):
+            if self.terminated.is_set() or self.cluster.state.stop_requested:
+                break
+            with self._lock:
+                epoch = self._epochs.get(qname, 0)
+                self._epochs[qname] = epoch + 1
+            plan = plan_epoch(counts, len(ids), epoch)
+            for node_id, endpoint in zip(ids, endpoints):
+                self._mark(node_id, endpoint, "epoch", {"feed": qname, "epoch": epoch,
+                                                        "per_worker": plan.per_worker})
+            logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
+                        plan.per_worker, plan.dropped)
+            spec = FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
+                            arrow=arrow)
+            self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+
+    def _run_job(self, data, spec: FeedSpec, what: str) -> None:
+        sc = self.cluster.sc
+        error: list[BaseException] = []
+
+        def job():
+            try:
+                sc.setJobGroup(self.job_group, f"tfos {what}", interruptOnCancel=True)
+                if _is_dataframe(data):
+                    data.mapInArrow(functools.partial(_train_arrow, spec), "rows long").collect()
+                else:
+                    data.mapPartitionsWithIndex(functools.partial(_train_rows, spec)).collect()
+            except BaseException as exc:  # reported to the caller below
+                error.append(exc)
+
+        thread = threading.Thread(target=job, name="tfos-feed-job", daemon=True)
+        thread.start()
+        thread.join()
+        if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
+            from tfos.cluster import summarize_spark_error
+            raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
+        if self.cluster.state.failures:
+            raise ClusterFailed(f"the TF cluster failed: {self.cluster.state.failures[0]}",
+                                tuple(self.cluster.state.failures))
+
+    def cancel(self) -> None:
+        self.terminated.set()
+        self.cluster.sc.cancelJobGroup(self.job_group)
+
+    def end_of_data(self) -> None:
+        """Tells every worker that each feed it received is over."""
+        if not self._epochs:
+            return
+        endpoints = self.endpoints(30)
+        for node_id, endpoint in zip(self.workers(), endpoints):
+            for qname, next_epoch in self._epochs.items():
+                try:
+                    self._mark(node_id, endpoint, "end_of_data",
+                               {"feed": qname, "last_epoch": next_epoch - 1})
+                except Exception as exc:  # a node that already exited cannot be told
+                    logger.info("could not send end of data to %s: %s", endpoint.label, exc)
+
+    def close(self) -> None:
+        for conn in self._markers.values():
+            conn.close()
+        self._markers.clear()
+
+    # -- inference -----------------------------------------------------------------------------
+    def inference(self, data, feed_timeout: float, qname: str, output_schema=None):
+        endpoints = self.endpoints(feed_timeout)
+        spec = FeedSpec(qname, 0, endpoints, self._secret, None, timeout=feed_timeout,
+                        arrow=_is_dataframe(data))
+        if _is_dataframe(data):
+            if output_schema is None:
+                raise ConfigError("inference on a DataFrame needs output_schema (the result "
+                                  "columns, e.g. 'prediction float'): they are added next to "
+                                  "the input columns")
+            from pyspark.sql.types import StructType
+            out = output_schema if isinstance(output_schema, StructType) else \
+                StructType.fromDDL(output_schema)
+            schema = StructType(list(data.schema.fields) + list(out.fields))
+            return data.mapInArrow(functools.partial(_infer_arrow, spec, schema), schema)
+        return data.mapPartitionsWithIndex(functools.partial(_infer_rows, spec))
+
+
+def _is_dataframe(data) -> bool:
+    return hasattr(data, "mapInArrow")
+
+
+def partition_counts(data) -> list[int]:
+    if _is_dataframe(data):
+        rows = data.mapInArrow(_count_arrow, "partition int, rows long").collect()
+        counts = [0] * data.rdd.getNumPartitions()
+        for row in rows:
+            counts[row["partition"]] += row["rows"]
+        return counts
+    return data.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext
+    return TaskContext.get().partitionId()
+
+
+def _count_arrow(batches):
+    import pyarrow as pa
+    total = sum(batch.num_rows for batch in batches)
+    yield pa.record_batch({"partition": pa.array([_partition_id()], pa.int32()),
+                           "rows": pa.array([total], pa.int64())})
+
+
+def _train_rows(spec: FeedSpec, partition: int, rows):
+    yield feed_training_partition(spec, partition, rows)
+
+
+def _train_arrow(spec: FeedSpec, batches):
+    import pyarrow as pa
+    sent = feed_training_partition(spec, _partition_id(), batches)
+    yield pa.record_batch({"rows": pa.array([sent], pa.int64())})
+
+
+def _infer_rows(spec: FeedSpec, partition: int, rows):
+    for columns in infer_partition(spec, partition, rows):
+        values = list(columns.values())
+        if len(values) == 1 and list(columns) == ["0"]:
+            yield from (v.item() if v.ndim == 0 else v.tolist() for v in values[0])
+        else:
+            yield from zip(*(v.tolist() for v in values))
+
+
+def _infer_arrow(spec: FeedSpec, schema, batches):
+    """Feeds Arrow batches; yields each input batch with the result columns appended."""
+    import pyarrow as pa
+    kept: list = []
+
+    def remember(stream):
+        for batch in stream:
+            kept.append(batch)
+            yield batch
+
+    chunks = list(infer_partition(spec, _partition_id(), remember(batches)))
+    if not kept:
+        return
+    out = pa.Table.from_batches(kept)
+    names = schema.names[len(out.schema.names):]
+    from pyspark.sql.pandas.types import to_arrow_type
+    for position, name in enumerate(names):
+        values = [v for chunk in chunks for v in list(chunk.values())[position]]
+        column = pa.array([v.tolist() if hasattr(v, "tolist") else v for v in values])
+        out = out.append_column(name, column.cast(to_arrow_type(schema[name].dataType)))
+    yield from out.to_batches()
