@@ -17,6 +17,7 @@ setup(
         "tensorboard>=2.20",
         "numpy",
         "pyarrow>=15",
+        "pandas>=2.2,<3",  # pyspark requires it for mapInArrow (DataFrame feeding)
         "grpcio>=1.60",
         "cloudpickle",
         "psutil",

@@ -87,8 +87,13 @@ class FeedQueue:
             self._cond.notify_all()
 
     def end_of_data(self, last_epoch: int) -> None:
+        """No more data after ``last_epoch``; an epoch never announced (inference) ends with
+        what it received."""
         with self._cond:
             self._last_epoch = last_epoch
+            for number, epoch in self._epochs.items():
+                if number <= last_epoch and epoch.expected is None:
+                    epoch.expected = epoch.received
             self._cond.notify_all()
 
     def terminate(self) -> None:

@@ -155,6 +155,8 @@ class Feeder:
     # -- inference -----------------------------------------------------------------------------
     def inference(self, data, feed_timeout: float, qname: str, output_schema=None):
         endpoints = self.endpoints(feed_timeout)
+        with self._lock:
+            self._epochs.setdefault(qname, 1)   # one unannounced epoch, closed by end_of_data
         spec = FeedSpec(qname, 0, endpoints, self._secret, None, timeout=feed_timeout,
                         arrow=_is_dataframe(data))
         if _is_dataframe(data):
