@@ -17,6 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TFOS_PROCESS_MARKERS = ("tfos.node_main", "tfos.process_guard", "tensorboard.main")
+# Every process this test session starts (Spark executors, and through them the TF nodes)
+# inherits this variable, so the leftover check sees our processes and nobody else's.
+SESSION_MARK = "TFOS_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
 
 
 def _private_spark_home() -> str:
@@ -63,11 +67,17 @@ def spark_local_cluster_4x1(spark_sessions):
 
 
 def tfos_processes() -> list[psutil.Process]:
+    """The TF node, guard and TensorBoard processes started by this test session."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
         if any(marker in cmdline for marker in TFOS_PROCESS_MARKERS):
-            found.append(proc)
+            try:
+                ours = proc.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]
+            except psutil.Error:
+                continue  # gone already
+            if ours:
+                found.append(proc)
     return found
 
 

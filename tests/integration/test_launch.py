@@ -136,3 +136,18 @@ def test_tensorboard_serves_until_shutdown(spark_local_cluster_4x1, tmp_path):
 def test_rdma_without_a_device_is_refused_not_ignored(spark_local_cluster_4x1):
     with pytest.raises(ConfigError, match="no RDMA device.*Drop --rdma"):
         tfos.TFCluster.run(spark_local_cluster_4x1, idle, None, num_executors=2, rdma=True)
+
+
+def wait_for_release(args, ctx):
+    threading.Event().wait(args["seconds"])
+
+
+def test_the_leftover_check_sees_running_nodes(spark_local_cluster_4x1):
+    from conftest import tfos_processes
+    with tfos.TFCluster.run(spark_local_cluster_4x1, wait_for_release, {"seconds": 60},
+                            num_executors=2, log_stream=None) as cluster:
+        deadline = time.monotonic() + 30
+        while len(tfos_processes()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(tfos_processes()) == 2, "the node processes must be visible to the check"
+        cluster._stop_everything()
