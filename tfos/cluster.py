@@ -95,7 +95,10 @@ class TFCluster:
         if config.input_mode == InputMode.SPARK:
             from tfos.feeding import Feeder
             cluster._feeder = Feeder(cluster, secret)
+            # A fed node that stops consuming (terminate(), an early return, a failure) ends
+            # the feeding at once: synchronous training cannot go on without it.
             state.on_feed_terminated = lambda node_id, feed: cluster._feeder.cancel()
+            state.on_node_exited = cluster._feeder.node_exited
         try:
             cluster._launch(NodeStageSpec(config, service.address, secret, payload,
                                           default_fs(sc)))

@@ -76,9 +76,15 @@ class Feeder:
         return conn
 
     def _mark(self, node_id: int, endpoint: NodeEndpoint, kind: str, meta: dict) -> None:
-        conn = self._marker_conn(node_id, endpoint)
-        conn.send(feed_codec.encode(kind, meta))
-        reply, reply_meta, _ = feed_codec.decode(conn.recv())
+        from rdma import comm
+        try:
+            conn = self._marker_conn(node_id, endpoint)
+            conn.send(feed_codec.encode(kind, meta))
+            reply, reply_meta, _ = feed_codec.decode(conn.recv(timeout=60))
+        except comm.CommError as exc:
+            self._raise_if_failed()
+            raise FeedJobFailed(f"cannot send the {kind} marker to node {endpoint.label}: "
+                                f"{exc}") from None
         if reply != "ok":
             raise FeedJobFailed(f"node {endpoint.label} refused the {kind} marker: {reply_meta}")
 
@@ -91,7 +97,10 @@ class Feeder:
         counts = partition_counts(data)
         ids = self.workers()
         for _ in range(num_epochs):
+            self._raise_if_failed()
             if self.terminated.is_set() or self.cluster.state.stop_requested:
+                logger.info("feed %r: the nodes stopped consuming; not feeding more epochs",
+                            qname)
                 break
             with self._lock:
                 epoch = self._epochs.get(qname, 0)
@@ -105,6 +114,12 @@ class Feeder:
             spec = FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
                             arrow=arrow)
             self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        failures = self.cluster.state.failures
+        if failures:
+            raise ClusterFailed(f"the TF cluster failed: {failures[0]}", tuple(failures))
 
     def _run_job(self, data, spec: FeedSpec, what: str) -> None:
         sc = self.cluster.sc
@@ -124,15 +139,29 @@ class Feeder:
         thread.start()
         thread.join()
         if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
-            from tfos.cluster import summarize_spark_error
-            raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
-        if self.cluster.state.failures:
-            raise ClusterFailed(f"the TF cluster failed: {self.cluster.state.failures[0]}",
-                                tuple(self.cluster.state.failures))
+            # A node that died makes its feeders fail before its exit reaches the driver: give
+            # the root cause a moment to arrive, so the error names the node, not the symptom.
+            state = self.cluster.state
+            with state.changed:
+                state.changed.wait_for(lambda: state.failures or self.terminated.is_set(),
+                                       self.cluster.config.heartbeat_timeout)
+            self._raise_if_failed()
+            if not self.terminated.is_set():
+                from tfos.cluster import summarize_spark_error
+                raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
+        self._raise_if_failed()
 
     def cancel(self) -> None:
-        self.terminated.set()
+        """Stops feeding for good: the running feed job is cancelled, later ones not started."""
+        if not self.terminated.is_set():
+            self.terminated.set()
+            logger.info("the nodes stopped consuming: cancelling feed job group %s",
+                        self.job_group)
         self.cluster.sc.cancelJobGroup(self.job_group)
+
+    def node_exited(self, node_id: int) -> None:
+        if node_id in self.workers():
+            self.cancel()
 
     def end_of_data(self) -> None:
         """Tells every worker that each feed it received is over."""
@@ -144,7 +173,7 @@ class Feeder:
                 try:
                     self._mark(node_id, endpoint, "end_of_data",
                                {"feed": qname, "last_epoch": next_epoch - 1})
-                except Exception as exc:  # a node that already exited cannot be told
+                except (FeedJobFailed, ClusterFailed) as exc:  # an exited node cannot be told
                     logger.info("could not send end of data to %s: %s", endpoint.label, exc)
 
     def close(self) -> None:

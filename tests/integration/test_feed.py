@@ -1,6 +1,7 @@
 """InputMode.SPARK on a real local-cluster: every record reaches exactly one worker."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +105,60 @@ def test_inference_keeps_row_order_and_count(spark_local_cluster_4x1):
         cluster.shutdown(timeout=120)
     assert results == [x * x for x in range(1000)]
     assert sum(results) == sum(x * x for x in range(1000))
+
+
+def consume_then(args, ctx):
+    feed = ctx.get_data_feed()
+    for _ in range(args["batches"]):
+        feed.next_batch(8)
+    print(f"consumed {args['batches']} batches", flush=True)
+    if args["then"] == "raise" and ctx.task_index == 1:
+        raise RuntimeError("model diverged on worker 1")
+    if args["then"] == "terminate":
+        feed.terminate()
+    if args["then"] == "drain":
+        while not feed.should_stop():
+            feed.next_batch(64)
+        if ctx.task_index == 1:
+            raise RuntimeError("failed after the feed ended")
+
+
+@pytest.mark.parametrize("then", ["terminate", "return"])
+def test_nodes_that_stop_consuming_end_the_feed_at_once(spark_local_cluster_4x1, then):
+    rdd, _ = uneven_rdd(spark_local_cluster_4x1.sparkContext, [200] * 4)
+    with tfos.TFCluster.run(spark_local_cluster_4x1, consume_then, {"batches": 3, "then": then},
+                            num_executors=2, input_mode=tfos.InputMode.SPARK,
+                            feed_buffer_bytes=1 << 16, log_stream=None) as cluster:
+        start = time.monotonic()
+        cluster.train(rdd, num_epochs=50)   # far more than the nodes will ever read
+        elapsed = time.monotonic() - start
+        cluster.shutdown(timeout=60)
+    assert elapsed < 30, f"train() took {elapsed:.1f}s to notice the nodes stopped"
+
+
+def test_an_exception_in_map_fun_during_feeding_reaches_train(spark_local_cluster_4x1):
+    rdd, _ = uneven_rdd(spark_local_cluster_4x1.sparkContext, [200] * 4)
+    cluster = tfos.TFCluster.run(spark_local_cluster_4x1, consume_then,
+                                 {"batches": 2, "then": "raise"}, num_executors=2,
+                                 input_mode=tfos.InputMode.SPARK, feed_buffer_bytes=1 << 16,
+                                 log_stream=None)
+    start = time.monotonic()
+    with pytest.raises(tfos.ClusterFailed) as failed:
+        cluster.train(rdd, num_epochs=50)
+    assert time.monotonic() - start < 30
+    with pytest.raises(tfos.ClusterFailed):   # and shutdown reports the same root cause
+        cluster.shutdown(timeout=60)
+    first = failed.value.failures[0]
+    assert first.node == "worker:1@127.0.0.1"
+    assert "RuntimeError: model diverged on worker 1" in "\n".join(first.log_tail)
+
+
+def test_an_exception_after_feeding_reaches_shutdown(spark_local_cluster_4x1):
+    rdd, _ = uneven_rdd(spark_local_cluster_4x1.sparkContext, [30, 30])
+    cluster = tfos.TFCluster.run(spark_local_cluster_4x1, consume_then,
+                                 {"batches": 0, "then": "drain"}, num_executors=2,
+                                 input_mode=tfos.InputMode.SPARK, log_stream=None)
+    cluster.train(rdd, num_epochs=1)
+    with pytest.raises(tfos.ClusterFailed, match="worker:1@127.0.0.1") as failed:
+        cluster.shutdown(timeout=60)
+    assert "RuntimeError: failed after the feed ended" in "\n".join(failed.value.failures[0].log_tail)
