@@ -1,0 +1,485 @@
+"""``shm://<unix-socket-path>``: messages through shared-memory rings on one host (both ends).
+
+Set-up, over a Unix stream socket at the listener's path (``shm://`` alone makes a private
+temporary one): the handshake of rdma.handshake, then each side creates the ring it will
+*receive* into (``capacity`` bytes, its own option) and passes it to the peer as a memfd over
+SCM_RIGHTS. The connector also passes one end of a fresh socket pair, so each direction has
+its own control socket and one thread can send while another receives.
+
+Why memfd and not multiprocessing.shared_memory: a memfd has no name. Nothing appears in
+/dev/shm, so nothing is left behind when a process is SIGKILLed (the memory goes with the
+last mapping), no other local process can open it (only the authenticated peer received the
+descriptor), and there is no resource_tracker to unlink segments behind our back. The owner
+seals its size (F_SEAL_SHRINK/GROW), so the peer can rely on the mapping staying valid.
+
+Per message the writer copies the parts into the peer's ring (the one copy) and sends a
+16-byte RING record on the control socket; the reader's ``recv()`` returns a read-only view
+into its ring (zero-copy) and releases it at the next receive. All synchronisation goes
+through the sockets, never through flags in shared memory: a system call orders the memory
+writes before it on every CPU architecture, and a dead peer is an end-of-stream at once. The
+ring bookkeeping (rdma.ring) makes credits rare: one per quarter ring, or when the writer is
+blocked and asks (NEED). A full ring blocks the writer: that is the backpressure, bounded by
+``send(timeout=...)``. A message larger than the ring is refused (FrameError with both sizes).
+"""
+from __future__ import annotations
+
+import array
+import fcntl
+import logging
+import mmap
+import os
+import select
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+
+from rdma import framing
+from rdma._io import Channel, Deadline, FrameReader
+from rdma._listener import SocketListener
+from rdma.comm import Backend, Comm, CommOptions, Listener
+from rdma.errors import (CommClosed, CommError, CommTimeout, ConnectFailed, FrameError,
+                         TransportUnavailable)
+from rdma.handshake import connector_handshake, listener_handshake
+from rdma.ring import RingReader, RingWriter
+
+logger = logging.getLogger(__name__)
+
+MIN_CAPACITY = 64 << 10
+_SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
+_MAX_UNIX_PATH = 107
+_CONTROL_BUFFER = 64 << 10
+
+
+@dataclass(frozen=True)
+class ShmOptions(CommOptions):
+    # Bytes of the ring this side receives into (rounded up to whole pages); the largest
+    # message the peer can send us. Each side chooses its own.
+    capacity: int = 64 << 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)
+                or not MIN_CAPACITY <= self.capacity <= framing.SIZE_LIMIT):
+            raise ValueError(f"capacity={self.capacity!r}: pass the ring size in bytes, at "
+                             f"least {MIN_CAPACITY}")
+
+    @property
+    def ring_bytes(self) -> int:
+        return -(-self.capacity // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+class ShmComm(Comm):
+    def __init__(self, local: str, peer: str, tx_sock: socket.socket, rx_sock: socket.socket,
+                 tx_ring: mmap.mmap, rx_ring: mmap.mmap, options: ShmOptions):
+        super().__init__(local, peer)
+        self._options = options
+        self._tx = Channel(tx_sock, peer)     # we send RING/NEED, read CREDIT
+        self._rx = Channel(rx_sock, peer)     # we read RING/NEED, send CREDIT
+        self._out = self._tx                  # where the peer reads our frames (tests)
+        self._credits = FrameReader(self._tx, options.max_message, _CONTROL_BUFFER)
+        self._records = FrameReader(self._rx, options.max_message, _CONTROL_BUFFER)
+        self._writer = RingWriter(len(tx_ring))
+        self._reader = RingReader(len(rx_ring))
+        self._tx_ring, self._rx_ring = tx_ring, rx_ring
+        self._tx_view = memoryview(tx_ring)
+        self._rx_view = memoryview(rx_ring)   # read-only: the ring is mapped ACCESS_READ
+        self._current: int | None = None      # end of the message recv() handed out
+        self._pending: tuple[int, int, int] | None = None   # published, not yet delivered
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def capacities(self) -> tuple[int, int]:
+        """Bytes of the (peer's ring we write, our ring we read)."""
+        return self._writer.capacity, self._reader.capacity
+
+    def _check_open(self, channel: Channel) -> None:
+        if self._closed:
+            raise CommClosed(f"comm {self.local_address} -> {self.peer_address} is closed")
+        channel.check()
+
+    def _broken_by(self, error: FrameError) -> FrameError:
+        reason = f"{self.peer_address} broke the shm:// protocol: {error}"
+        self._tx.broken = self._rx.broken = reason
+        return FrameError(reason)
+
+    # -- sending: write into the peer's ring, then announce -------------------------------
+
+    def send(self, parts, timeout: float | None = None) -> None:
+        views, total = framing.gather(parts)
+        framing.check_size(total, self._options.max_message, self.peer_address)
+        deadline = Deadline(timeout)
+        with self._send_lock:
+            self._check_open(self._tx)
+            try:
+                start, end, needed = self._writer.reserve(total)
+            except FrameError as error:
+                raise FrameError(f"{error} of {self.peer_address}: send smaller messages, or "
+                                 "give the receiving side a larger capacity") from None
+            if self._writer.tail < needed:
+                self._wait_for_room(needed, deadline)
+            offset = start % self._writer.capacity
+            ring = self._tx_view
+            for view in views:
+                ring[offset:offset + len(view)] = view
+                offset += len(view)
+            self._tx.send([framing.pack_header(framing.Kind.RING, total)], deadline,
+                          "sending to")
+            self._writer.commit(end)
+
+    def _wait_for_room(self, needed: int, deadline: Deadline) -> None:
+        self._take_credits(Deadline(0))
+        if self._writer.tail >= needed:
+            return
+        self._tx.send([framing.pack_header(framing.Kind.NEED, needed)], deadline, "sending to")
+        try:
+            while self._writer.tail < needed:
+                self._take_credits(deadline, at_most_one=True)
+        except CommTimeout:
+            raise CommTimeout(f"sending to {self.peer_address}: its ring had no room for "
+                              f"{deadline.timeout:g} s (backpressure: the receiver is slow, "
+                              "stuck or gone)") from None
+
+    def _take_credits(self, deadline: Deadline, at_most_one: bool = False) -> None:
+        try:
+            while True:
+                header = self._credits.peek_header(deadline, "waiting for ring room from")
+                if header.kind is not framing.Kind.CREDIT:
+                    raise FrameError(f"{header.kind.name} record where a CREDIT was expected")
+                self._credits.skip_header()
+                self._writer.credit(header.length)
+                if at_most_one:
+                    return
+        except CommTimeout:
+            if at_most_one:
+                raise
+        except FrameError as error:
+            raise self._broken_by(error) from None
+
+    # -- receiving: views into our own ring -----------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> memoryview:
+        deadline = Deadline(timeout)
+        with self._recv_lock:
+            self._check_open(self._rx)
+            self._release_current(deadline)
+            start, size, end = self._next_message(deadline)
+            self._pending, self._current = None, end
+            offset = start % self._reader.capacity
+            return self._rx_view[offset:offset + size]
+
+    def recv_into(self, buffer, timeout: float | None = None) -> int:
+        target = memoryview(buffer).cast("B")
+        deadline = Deadline(timeout)
+        with self._recv_lock:
+            self._check_open(self._rx)
+            self._release_current(deadline)
+            start, size, end = self._next_message(deadline)
+            if size > len(target):
+                raise FrameError(f"message of {size} bytes from {self.peer_address} does not "
+                                 f"fit the buffer of {len(target)} bytes; it stays queued for "
+                                 "recv()")
+            offset = start % self._reader.capacity
+            target[:size] = self._rx_view[offset:offset + size]
+            self._pending, self._current = None, end
+            self._release_current(deadline)
+            return size
+
+    def _next_message(self, deadline: Deadline) -> tuple[int, int, int]:
+        if self._pending:
+            return self._pending
+        try:
+            while True:
+                header = self._records.peek_header(deadline, "receiving from")
+                self._records.skip_header()
+                if header.kind is framing.Kind.RING:
+                    start, end = self._reader.publish(header.length)
+                    self._pending = (start, header.length, end)
+                    return self._pending
+                if header.kind is not framing.Kind.NEED:
+                    raise FrameError(f"{header.kind.name} record on the ring's control socket")
+                self._reader.request(header.length)
+                self._send_credit(deadline)
+        except FrameError as error:
+            raise self._broken_by(error) from None
+
+    def _release_current(self, deadline: Deadline) -> None:
+        if self._current is not None:
+            self._reader.release(self._current)
+            self._current = None
+            self._send_credit(deadline)
+
+    def _send_credit(self, deadline: Deadline) -> None:
+        due = self._reader.credit_due()
+        if due is not None:
+            self._rx.send([framing.pack_header(framing.Kind.CREDIT, due)], deadline,
+                          "crediting")
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for channel in (self._tx, self._rx):
+            try:    # wakes an operation blocked in another thread; the peer sees the end
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._send_lock, self._recv_lock:
+            self._tx.close()
+            self._rx.close()
+            self._tx_view.release()
+            self._rx_view.release()
+            for ring in (self._tx_ring, self._rx_ring):
+                try:
+                    ring.close()
+                except BufferError:
+                    # The caller still holds a view from recv(): the mapping stays valid and
+                    # is unmapped when that view is dropped (we keep no reference to it).
+                    pass
+            self._tx_ring = self._rx_ring = None
+
+
+# -- set-up --------------------------------------------------------------------------------
+
+def _new_ring(capacity: int) -> tuple[int, mmap.mmap]:
+    """A sealed memfd of ``capacity`` bytes and our read-only mapping of it."""
+    fd = os.memfd_create("tfos-comm-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, capacity)
+        seals = 0
+        for name in _SEALS:
+            seals |= getattr(fcntl, name)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        return fd, mmap.mmap(fd, capacity, access=mmap.ACCESS_READ)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _map_peer_ring(fd: int, capacity: int, peer: str) -> mmap.mmap:
+    """Our writable mapping of the ring ``peer`` passed (its descriptor is closed)."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != capacity:
+            raise FrameError(f"{peer} passed a ring of {info.st_size} bytes announced as "
+                             f"{capacity}")
+        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+            raise FrameError(f"{peer} passed a ring that may shrink under us (not sealed)")
+        return mmap.mmap(fd, capacity)
+    except OSError as error:
+        raise FrameError(f"{peer} passed a ring we cannot map: {error}") from None
+    finally:
+        os.close(fd)
+
+
+def _send_setup(chan: Channel, capacity: int, fds: list[int], deadline: Deadline) -> None:
+    chan.wait(select.POLLOUT, deadline, "setting up shared memory with")
+    record = framing.pack_header(framing.Kind.SETUP, capacity)
+    try:
+        sent = chan.sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             array.array("i", fds))],
+                                 socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError as error:
+        raise CommClosed(f"setting up shared memory with {chan.peer}: {error}") from None
+    if sent != len(record):
+        raise CommClosed(f"setting up shared memory with {chan.peer}: short write")
+
+
+def _recv_setup(chan: Channel, count: int, deadline: Deadline) -> tuple[int, list[int]]:
+    """The peer's ring capacity and the ``count`` descriptors that came with it."""
+    what = "setting up shared memory with"
+    while True:
+        chan.wait(select.POLLIN, deadline, what)
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                chan.sock, framing.HEADER_SIZE, count,
+                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            break
+        except BlockingIOError:
+            continue
+        except OSError as error:
+            raise CommClosed(f"{what} {chan.peer}: {error}") from None
+    try:
+        if not data:
+            raise CommClosed(f"{what} {chan.peer}: the peer closed the connection")
+        if len(data) < framing.HEADER_SIZE:
+            data += chan.recv_exact(framing.HEADER_SIZE - len(data), deadline, what)
+        header = framing.unpack_header(data)
+        if header.kind is not framing.Kind.SETUP or len(fds) != count or (
+                flags & socket.MSG_CTRUNC):
+            raise FrameError(f"{chan.peer} sent a {header.kind.name} record with {len(fds)} "
+                             f"descriptors where SETUP with {count} was expected")
+        return header.length, fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _peer_pid(sock: socket.socket) -> str:
+    try:
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+        return f"shm://pid:{pid}"
+    except OSError:
+        return "shm://pid:unknown"
+
+
+def _require_platform() -> None:
+    if not (hasattr(os, "memfd_create") and hasattr(socket, "recv_fds")
+            and hasattr(fcntl, "F_ADD_SEALS")):
+        raise TransportUnavailable("shm:// needs Linux (memfd_create, file seals and "
+                                   "SCM_RIGHTS); use tcp:// on this platform")
+
+
+def _socket_path(address: str) -> tuple[str, str | None]:
+    """The socket path to bind, and the private directory made for it (or None)."""
+    if not address:
+        directory = tempfile.mkdtemp(prefix="tfos-shm-")
+        return os.path.join(directory, "comm.sock"), directory
+    if not os.path.isabs(address):
+        raise ValueError(f"shm://{address}: give an absolute socket path (shm:///dir/name) or "
+                         "none at all (shm://) for a private temporary one")
+    if len(os.fsencode(address)) > _MAX_UNIX_PATH:
+        raise ValueError(f"shm://{address}: a Unix socket path has at most {_MAX_UNIX_PATH} "
+                         "bytes; choose a shorter one")
+    return address, None
+
+
+def _remove_stale(path: str) -> None:
+    """Unlinks a socket file no process listens on any more (left by a killed listener)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise CommError(f"cannot listen at shm://{path}: a file that is not a socket is there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise CommError(f"cannot listen at shm://{path}: another listener is serving it")
+
+
+class ShmBackend(Backend):
+    def listen(self, address: str, secret: bytes, **opts) -> Listener:
+        options = ShmOptions.parse("shm", opts)
+        _require_platform()
+        path, directory = _socket_path(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _remove_stale(path)
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            inode = os.stat(path).st_ino
+            sock.listen(128)
+        except BaseException as error:
+            sock.close()
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise CommError(f"cannot listen at shm://{path}: {error}") from None
+            raise
+        uri = f"shm://{path}"
+
+        def establish(conn: socket.socket, peer: str, deadline: Deadline) -> Comm:
+            chan = Channel(conn, peer)
+            listener_handshake(chan, secret, deadline)
+            capacity, (ring_fd, sock_fd) = _recv_setup(chan, 2, deadline)
+            try:
+                tx_sock = socket.socket(fileno=sock_fd)
+            except OSError:
+                os.close(sock_fd)
+                os.close(ring_fd)
+                raise
+            try:
+                if tx_sock.family != socket.AF_UNIX or tx_sock.type != socket.SOCK_STREAM:
+                    os.close(ring_fd)
+                    raise FrameError(f"{peer} passed a control socket that is not a Unix "
+                                     "stream socket")
+                tx_ring = _map_peer_ring(ring_fd, capacity, peer)
+                rx_fd, rx_ring = _new_ring(options.ring_bytes)
+                try:
+                    _send_setup(chan, options.ring_bytes, [rx_fd], deadline)
+                finally:
+                    os.close(rx_fd)
+            except BaseException:
+                tx_sock.close()
+                raise
+            return ShmComm(uri, peer, tx_sock, conn, tx_ring, rx_ring, options)
+
+        def cleanup() -> None:
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        return SocketListener(sock, uri, options, establish,
+                              lambda conn, raw_peer: _peer_pid(conn), cleanup)
+
+    def connect(self, address: str, secret: bytes, timeout: float, **opts) -> Comm:
+        options = ShmOptions.parse("shm", opts)
+        _require_platform()
+        if not address:
+            raise ValueError("shm:// without a path can only listen; connect to the "
+                             "listener's address (listener.address)")
+        uri = f"shm://{address}"
+        deadline = Deadline(timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except socket.timeout:
+            sock.close()
+            raise CommTimeout(f"connecting to {uri}: no answer within {timeout:g} s (is the "
+                              "listener's accept queue full?)") from None
+        except OSError as error:
+            sock.close()
+            raise ConnectFailed(f"cannot connect to {uri}: {error} (is the listener running "
+                                "on this host, and is this its address?)") from None
+        mine = theirs = None
+        try:
+            chan = Channel(sock, uri)
+            connector_handshake(chan, secret, deadline)
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            rx_fd, rx_ring = _new_ring(options.ring_bytes)
+            try:
+                _send_setup(chan, options.ring_bytes, [rx_fd, theirs.fileno()], deadline)
+            finally:
+                os.close(rx_fd)
+                theirs.close()
+            capacity, (ring_fd,) = _recv_setup(chan, 1, deadline)
+            tx_ring = _map_peer_ring(ring_fd, capacity, uri)
+            return ShmComm(f"shm://pid:{os.getpid()}", uri, sock, mine, tx_ring, rx_ring,
+                           options)
+        except BaseException:
+            sock.close()
+            if mine is not None:
+                mine.close()
+            raise
+
+
+backend = ShmBackend()
