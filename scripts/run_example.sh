@@ -4,12 +4,7 @@
 # workers) on an embedded Spark local-cluster and prints the test accuracy.
 # Extra arguments go to mnist_spark.py (e.g. --num_ps 1, --epochs 5, --tensorboard).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/scripts/bootstrap.sh"
-cd "$root"
-export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
-export PYSPARK_PYTHON="$root/.venv/bin/python"
-export SPARK_HOME=$("$root/scripts/spark_home.sh")
+source "$(dirname "$0")/env.sh"
 data="$root/data/mnist"
 if [ ! -d "$data/train" ]; then
   "$root/.venv/bin/python" examples/mnist/mnist_data_setup.py --output "$data"

@@ -63,9 +63,11 @@ SPARK_LOCAL_IP="\${SPARK_LOCAL_IP:-127.0.0.1}"
 PYSPARK_PYTHON="\${PYSPARK_PYTHON:-$venv/bin/python}"
 EOF
 
-write_if_changed "$home/conf/log4j2.properties" <<'EOF'
-# Written by scripts/spark_home.sh (rewritten on each run): console (stderr) at WARN.
-rootLogger.level = warn
+# log4j2 configuration at root level $1, headed by the comment $2.
+log4j_config() {
+  cat <<EOF
+# Written by scripts/spark_home.sh (rewritten on each run): $2
+rootLogger.level = $1
 rootLogger.appenderRef.stdout.ref = console
 
 appender.console.type = Console
@@ -84,25 +86,11 @@ logger.nativecode.level = error
 logger.parquet.name = org.apache.parquet.CorruptStatistics
 logger.parquet.level = error
 EOF
+}
 
-write_if_changed "$home/conf/log4j2-daemon.properties" <<'EOF'
-# Written by scripts/spark_home.sh (rewritten on each run): for standalone master/worker daemons,
-# whose .out logs are what to read when a worker does not register, so INFO.
-rootLogger.level = info
-rootLogger.appenderRef.stdout.ref = console
-
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
-
-logger.jetty.name = org.sparkproject.jetty
-logger.jetty.level = warn
-logger.jetty2.name = org.sparkproject.jetty.util.component.AbstractLifeCycle
-logger.jetty2.level = error
-logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
-logger.nativecode.level = error
-EOF
+log4j_config warn "console (stderr) at WARN." | write_if_changed "$home/conf/log4j2.properties"
+# Standalone master/worker daemons: their .out logs are what to read when a worker does not
+# register, so INFO.
+log4j_config info "standalone daemons at INFO." | write_if_changed "$home/conf/log4j2-daemon.properties"
 
 echo "$home"
