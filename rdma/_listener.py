@@ -82,7 +82,8 @@ class SocketListener(Listener):
         self._describe_peer = describe_peer
         self._cleanup = cleanup
         self._ready = _Ready(options.backlog)
-        self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._slots = threading.Condition()
+        self._handshaking = 0
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._close_lock = threading.Lock()
@@ -109,6 +110,8 @@ class SocketListener(Listener):
             self._closed = True
         self._stop.set()
         self._wake_w.send(b"x")
+        with self._slots:
+            self._slots.notify_all()
         self._thread.join(timeout=5)
         for item in self._ready.close():
             if isinstance(item, Comm):
@@ -143,11 +146,14 @@ class SocketListener(Listener):
                              name=f"comm-handshake {self._address}").start()
 
     def _take_slot(self) -> bool:
-        # Every handshake ends within handshake_timeout, or once accept() makes room.
-        while not self._stop.is_set():
-            if self._slots.acquire(timeout=self._options.handshake_timeout):
-                return True
-        return False
+        # Each handshake ends within handshake_timeout, or once accept() makes room.
+        with self._slots:
+            self._slots.wait_for(lambda: self._stop.is_set()
+                                 or self._handshaking < MAX_HANDSHAKES)
+            if self._stop.is_set():
+                return False
+            self._handshaking += 1
+            return True
 
     def _handshake(self, conn: socket.socket, raw_peer) -> None:
         try:
@@ -167,4 +173,6 @@ class SocketListener(Listener):
             if not self._ready.put(result) and isinstance(result, Comm):
                 result.close()
         finally:
-            self._slots.release()
+            with self._slots:
+                self._handshaking -= 1
+                self._slots.notify_all()

@@ -15,9 +15,15 @@ was still queued for the peer.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import select
 import socket
+import struct
+import termios
 import threading
+import time
 from dataclasses import dataclass
 
 from rdma import framing
@@ -136,7 +142,7 @@ class TcpComm(Comm):
             sock.shutdown(socket.SHUT_WR)
             if self._recv_lock.acquire(blocking=False):
                 try:
-                    self._drain(Deadline(self._options.linger))
+                    self._linger(self._options.linger)
                 finally:
                     self._recv_lock.release()
             else:
@@ -146,13 +152,35 @@ class TcpComm(Comm):
         with self._send_lock, self._recv_lock:
             self._chan.close()
 
-    def _drain(self, deadline: Deadline) -> None:
+    def _linger(self, seconds: float) -> None:
+        """Discards unread data until the kernel has handed over all we sent (or the peer
+        closed, or ``seconds`` passed): closing with unread data makes the kernel answer with
+        a reset, which throws away whatever we still had queued for the peer."""
         scratch = memoryview(bytearray(64 << 10))
+        until, pause = time.monotonic() + seconds, 0.001
+        poller = select.poll()
+        poller.register(self._chan.sock, select.POLLIN)
         try:
             while True:
-                self._chan.recv_into(scratch, deadline, "closing")
-        except (CommClosed, CommTimeout):
+                with contextlib.suppress(CommTimeout):
+                    while True:
+                        self._chan.recv_into(scratch, Deadline(0), "closing")
+                left = until - time.monotonic()
+                if _unsent(self._chan.sock) == 0 or left <= 0:
+                    return
+                # No event says "send queue empty": wake on incoming data or a short pause.
+                poller.poll(int(min(pause, left) * 1000) + 1)
+                pause = min(2 * pause, 0.05)
+        except CommClosed:
             pass
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes we sent that the peer's kernel has not acknowledged yet (-1 if unknown)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return -1
 
 
 def _configure(sock: socket.socket, options: TcpOptions) -> None:
