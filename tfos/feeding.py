@@ -42,6 +42,9 @@ class Feeder:
         self._markers: dict[int, object] = {}  # node id -> driver connection to its feed
         self._lock = threading.Lock()
         self.job_group = f"{cluster.job_group}-feed"
+        # Row counts of cached datasets already fed, by object identity (the object is kept
+        # with them, so its id cannot be reused): a second train() on them skips the count.
+        self._counts: dict[int, tuple[object, list[int]]] = {}
         self.terminated = threading.Event()
 
     # -- endpoints ----------------------------------------------------------------------------
@@ -94,7 +97,7 @@ class Feeder:
             raise ConfigError(f"num_epochs={num_epochs}: must be at least 1")
         endpoints = self.endpoints(feed_timeout)
         arrow = _is_dataframe(data)
-        counts = partition_counts(data)
+        counts = self._partition_counts(data)
         ids = self.workers()
         for _ in range(num_epochs):
             self._raise_if_failed()
@@ -115,6 +118,15 @@ class Feeder:
                             arrow=arrow)
             self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
         self._raise_if_failed()
+
+    def _partition_counts(self, data) -> list[int]:
+        known = self._counts.get(id(data))
+        if known is not None and known[0] is data:
+            return known[1]
+        counts = partition_counts(data)
+        if data.is_cached:
+            self._counts[id(data)] = (data, counts)
+        return counts
 
     def _raise_if_failed(self) -> None:
         failures = self.cluster.state.failures

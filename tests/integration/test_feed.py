@@ -61,10 +61,12 @@ def spark_feed_cluster(spark_local_cluster_4x1, tmp_path):
 def test_uneven_empty_and_single_partitions_of_an_rdd(spark_local_cluster_4x1, spark_feed_cluster,
                                                       tmp_path):
     rdd, total = uneven_rdd(spark_local_cluster_4x1.sparkContext, [0, 13, 1, 40, 0, 7])
+    rdd.cache()
     with spark_feed_cluster() as cluster:
         cluster.train(rdd, num_epochs=2)
+        cluster.train(rdd, num_epochs=1)    # again: its counts are known, the epochs go on
         cluster.shutdown(timeout=120)
-    check_epochs(tmp_path, "input", total, epochs=2)
+    check_epochs(tmp_path, "input", total, epochs=3)
 
 
 def test_a_dataframe_with_an_array_column(spark_local_cluster_4x1, spark_feed_cluster, tmp_path):
