@@ -15,7 +15,9 @@ import time
 from rdma import framing
 from rdma.errors import CommClosed, CommTimeout
 
-_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+# Plain ints: combining the socket module's IntFlag members costs a Python-level call.
+_SEND_FLAGS = int(getattr(socket, "MSG_NOSIGNAL", 0))
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 _IOV_MAX = 1024
 _POLL_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -65,7 +67,7 @@ class Channel:
 
     def recv_into(self, view, deadline: Deadline, what: str) -> int:
         """Reads at least one byte into ``view``; CommClosed at end of stream."""
-        flags = 0 if deadline.at is None else socket.MSG_DONTWAIT
+        flags = 0 if deadline.at is None else _DONTWAIT
         while True:
             try:
                 count = self.sock.recv_into(view, 0, flags)
@@ -93,34 +95,44 @@ class Channel:
         return bytes(data)
 
     def send(self, buffers: list, deadline: Deadline, what: str) -> None:
-        """Sends every byte of ``buffers`` (gathered: no concatenation)."""
+        """Sends every byte of ``buffers`` (byte-format buffers, gathered: no concatenation).
+
+        The usual case is one ``sendmsg``; the loop only runs when the socket takes part.
+        """
         self.check()
-        flags = _SEND_FLAGS | (0 if deadline.at is None else socket.MSG_DONTWAIT)
-        pending = [memoryview(b) for b in buffers]
-        sent_any = False
-        while pending:
-            try:
-                count = self.sock.sendmsg(pending[:_IOV_MAX], (), flags)
-            except BlockingIOError:
-                try:
-                    self.wait(select.POLLOUT, deadline, what)
-                except CommTimeout as timeout:
-                    if sent_any:
-                        self.broken = (f"{what} {self.peer} was cut by its deadline halfway "
-                                       "through a message: the connection is unusable")
-                    raise CommTimeout(f"{timeout}: the receiver is not taking data "
-                                      "(backpressure: it is slow, stuck or gone)") from None
-                continue
-            except OSError as error:
-                raise self._lost(f"{what} {self.peer}: connection lost ({error}); the peer "
-                                 "closed it or its process ended") from None
-            sent_any = True
-            while count:
-                if count >= len(pending[0]):
-                    count -= len(pending.pop(0))
+        flags = _SEND_FLAGS if deadline.at is None else _SEND_FLAGS | _DONTWAIT
+        total = sum(map(len, buffers))
+        done = self._sendmsg(buffers[:_IOV_MAX], flags, what)
+        if done == total:
+            return
+        pending, skip = [memoryview(b) for b in buffers], done
+        while True:
+            while skip:
+                if skip >= len(pending[0]):
+                    skip -= len(pending.pop(0))
                 else:
-                    pending[0] = pending[0][count:]
-                    count = 0
+                    pending[0], skip = pending[0][skip:], 0
+            if not pending:
+                return
+            try:
+                self.wait(select.POLLOUT, deadline, what)
+            except CommTimeout as timeout:
+                if done:
+                    self.broken = (f"{what} {self.peer} was cut by its deadline halfway "
+                                   "through a message: the connection is unusable")
+                raise CommTimeout(f"{timeout}: the receiver is not taking data "
+                                  "(backpressure: it is slow, stuck or gone)") from None
+            skip = self._sendmsg(pending[:_IOV_MAX], flags, what)
+            done += skip
+
+    def _sendmsg(self, buffers: list, flags: int, what: str) -> int:
+        try:
+            return self.sock.sendmsg(buffers, (), flags)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            raise self._lost(f"{what} {self.peer}: connection lost ({error}); the peer "
+                             "closed it or its process ended") from None
 
     def close(self) -> None:
         try:

@@ -59,6 +59,16 @@ def pack_header(kind: Kind, length: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, 0, length)
 
 
+def pack_ring(length: int, _pack=HEADER.pack) -> bytes:
+    """``pack_header(Kind.RING, length)`` for the hot path (length already validated)."""
+    return _pack(MAGIC, VERSION, 2, 0, length)
+
+
+def pack_data(length: int, _pack=HEADER.pack) -> bytes:
+    """``pack_header(Kind.DATA, length)`` for the hot path (length already validated)."""
+    return _pack(MAGIC, VERSION, 1, 0, length)
+
+
 def unpack_header(buffer, offset: int = 0, max_message: int = DEFAULT_MAX_MESSAGE) -> Header:
     """The header at ``buffer[offset:]``; FrameError for anything but a valid one."""
     if len(buffer) - offset < HEADER_SIZE:
@@ -93,6 +103,11 @@ def gather(parts: Iterable) -> tuple[list[memoryview], int]:
         raise TypeError("send() takes a sequence of parts: wrap a single buffer as [buffer]")
     views, total = [], 0
     for index, part in enumerate(parts):
+        if type(part) is bytes:     # the common header part: no checks needed
+            if part:
+                views.append(memoryview(part))
+                total += len(part)
+            continue
         try:
             view = memoryview(part)
         except TypeError:

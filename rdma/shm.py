@@ -23,34 +23,26 @@ blocked and asks (NEED). A full ring blocks the writer: that is the backpressure
 """
 from __future__ import annotations
 
-import array
-import fcntl
 import logging
 import mmap
 import os
-import select
 import shutil
 import socket
-import stat
-import struct
-import tempfile
 import threading
 from dataclasses import dataclass
 
+from rdma import _shm_setup as setup
 from rdma import framing
 from rdma._io import Channel, Deadline, FrameReader
 from rdma._listener import SocketListener
 from rdma.comm import Backend, Comm, CommOptions, Listener
-from rdma.errors import (CommClosed, CommError, CommTimeout, ConnectFailed, FrameError,
-                         TransportUnavailable)
+from rdma.errors import CommClosed, CommError, CommTimeout, ConnectFailed, FrameError
 from rdma.handshake import connector_handshake, listener_handshake
 from rdma.ring import RingReader, RingWriter
 
 logger = logging.getLogger(__name__)
 
 MIN_CAPACITY = 64 << 10
-_SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
-_MAX_UNIX_PATH = 107
 _CONTROL_BUFFER = 64 << 10
 
 
@@ -133,8 +125,7 @@ class ShmComm(Comm):
             for view in views:
                 ring[offset:offset + len(view)] = view
                 offset += len(view)
-            self._tx.send([framing.pack_header(framing.Kind.RING, total)], deadline,
-                          "sending to")
+            self._tx.send([framing.pack_ring(total)], deadline, "sending to")
             self._writer.commit(end)
 
     def _wait_for_room(self, needed: int, deadline: Deadline) -> None:
@@ -252,143 +243,14 @@ class ShmComm(Comm):
             self._tx_ring = self._rx_ring = None
 
 
-# -- set-up --------------------------------------------------------------------------------
-
-def _new_ring(capacity: int) -> tuple[int, mmap.mmap]:
-    """A sealed memfd of ``capacity`` bytes and our read-only mapping of it."""
-    fd = os.memfd_create("tfos-comm-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.ftruncate(fd, capacity)
-        seals = 0
-        for name in _SEALS:
-            seals |= getattr(fcntl, name)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        return fd, mmap.mmap(fd, capacity, access=mmap.ACCESS_READ)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _map_peer_ring(fd: int, capacity: int, peer: str) -> mmap.mmap:
-    """Our writable mapping of the ring ``peer`` passed (its descriptor is closed)."""
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != capacity:
-            raise FrameError(f"{peer} passed a ring of {info.st_size} bytes announced as "
-                             f"{capacity}")
-        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
-            raise FrameError(f"{peer} passed a ring that may shrink under us (not sealed)")
-        return mmap.mmap(fd, capacity)
-    except OSError as error:
-        raise FrameError(f"{peer} passed a ring we cannot map: {error}") from None
-    finally:
-        os.close(fd)
-
-
-def _send_setup(chan: Channel, capacity: int, fds: list[int], deadline: Deadline) -> None:
-    chan.wait(select.POLLOUT, deadline, "setting up shared memory with")
-    record = framing.pack_header(framing.Kind.SETUP, capacity)
-    try:
-        sent = chan.sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                             array.array("i", fds))],
-                                 socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-    except OSError as error:
-        raise CommClosed(f"setting up shared memory with {chan.peer}: {error}") from None
-    if sent != len(record):
-        raise CommClosed(f"setting up shared memory with {chan.peer}: short write")
-
-
-def _recv_setup(chan: Channel, count: int, deadline: Deadline) -> tuple[int, list[int]]:
-    """The peer's ring capacity and the ``count`` descriptors that came with it."""
-    what = "setting up shared memory with"
-    while True:
-        chan.wait(select.POLLIN, deadline, what)
-        try:
-            data, fds, flags, _ = socket.recv_fds(
-                chan.sock, framing.HEADER_SIZE, count,
-                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
-            break
-        except BlockingIOError:
-            continue
-        except OSError as error:
-            raise CommClosed(f"{what} {chan.peer}: {error}") from None
-    try:
-        if not data:
-            raise CommClosed(f"{what} {chan.peer}: the peer closed the connection")
-        if len(data) < framing.HEADER_SIZE:
-            data += chan.recv_exact(framing.HEADER_SIZE - len(data), deadline, what)
-        header = framing.unpack_header(data)
-        if header.kind is not framing.Kind.SETUP or len(fds) != count or (
-                flags & socket.MSG_CTRUNC):
-            raise FrameError(f"{chan.peer} sent a {header.kind.name} record with {len(fds)} "
-                             f"descriptors where SETUP with {count} was expected")
-        return header.length, fds
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-
-
-def _peer_pid(sock: socket.socket) -> str:
-    try:
-        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                         struct.calcsize("3i")))
-        return f"shm://pid:{pid}"
-    except OSError:
-        return "shm://pid:unknown"
-
-
-def _require_platform() -> None:
-    if not (hasattr(os, "memfd_create") and hasattr(socket, "recv_fds")
-            and hasattr(fcntl, "F_ADD_SEALS")):
-        raise TransportUnavailable("shm:// needs Linux (memfd_create, file seals and "
-                                   "SCM_RIGHTS); use tcp:// on this platform")
-
-
-def _socket_path(address: str) -> tuple[str, str | None]:
-    """The socket path to bind, and the private directory made for it (or None)."""
-    if not address:
-        directory = tempfile.mkdtemp(prefix="tfos-shm-")
-        return os.path.join(directory, "comm.sock"), directory
-    if not os.path.isabs(address):
-        raise ValueError(f"shm://{address}: give an absolute socket path (shm:///dir/name) or "
-                         "none at all (shm://) for a private temporary one")
-    if len(os.fsencode(address)) > _MAX_UNIX_PATH:
-        raise ValueError(f"shm://{address}: a Unix socket path has at most {_MAX_UNIX_PATH} "
-                         "bytes; choose a shorter one")
-    return address, None
-
-
-def _remove_stale(path: str) -> None:
-    """Unlinks a socket file no process listens on any more (left by a killed listener)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise CommError(f"cannot listen at shm://{path}: a file that is not a socket is there")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)
-        return
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    raise CommError(f"cannot listen at shm://{path}: another listener is serving it")
-
-
 class ShmBackend(Backend):
     def listen(self, address: str, secret: bytes, **opts) -> Listener:
         options = ShmOptions.parse("shm", opts)
-        _require_platform()
-        path, directory = _socket_path(address)
+        setup.require_platform()
+        path, directory = setup.socket_path(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _remove_stale(path)
+            setup.remove_stale(path)
             sock.bind(path)
             os.chmod(path, 0o600)
             inode = os.stat(path).st_ino
@@ -405,27 +267,7 @@ class ShmBackend(Backend):
         def establish(conn: socket.socket, peer: str, deadline: Deadline) -> Comm:
             chan = Channel(conn, peer)
             listener_handshake(chan, secret, deadline)
-            capacity, (ring_fd, sock_fd) = _recv_setup(chan, 2, deadline)
-            try:
-                tx_sock = socket.socket(fileno=sock_fd)
-            except OSError:
-                os.close(sock_fd)
-                os.close(ring_fd)
-                raise
-            try:
-                if tx_sock.family != socket.AF_UNIX or tx_sock.type != socket.SOCK_STREAM:
-                    os.close(ring_fd)
-                    raise FrameError(f"{peer} passed a control socket that is not a Unix "
-                                     "stream socket")
-                tx_ring = _map_peer_ring(ring_fd, capacity, peer)
-                rx_fd, rx_ring = _new_ring(options.ring_bytes)
-                try:
-                    _send_setup(chan, options.ring_bytes, [rx_fd], deadline)
-                finally:
-                    os.close(rx_fd)
-            except BaseException:
-                tx_sock.close()
-                raise
+            tx_sock, tx_ring, rx_ring = setup.listener_setup(chan, options.ring_bytes, deadline)
             return ShmComm(uri, peer, tx_sock, conn, tx_ring, rx_ring, options)
 
         def cleanup() -> None:
@@ -438,11 +280,11 @@ class ShmBackend(Backend):
                 shutil.rmtree(directory, ignore_errors=True)
 
         return SocketListener(sock, uri, options, establish,
-                              lambda conn, raw_peer: _peer_pid(conn), cleanup)
+                              lambda conn, raw_peer: setup.peer_pid(conn), cleanup)
 
     def connect(self, address: str, secret: bytes, timeout: float, **opts) -> Comm:
         options = ShmOptions.parse("shm", opts)
-        _require_platform()
+        setup.require_platform()
         if not address:
             raise ValueError("shm:// without a path can only listen; connect to the "
                              "listener's address (listener.address)")
@@ -460,25 +302,15 @@ class ShmBackend(Backend):
             sock.close()
             raise ConnectFailed(f"cannot connect to {uri}: {error} (is the listener running "
                                 "on this host, and is this its address?)") from None
-        mine = theirs = None
         try:
             chan = Channel(sock, uri)
             connector_handshake(chan, secret, deadline)
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            rx_fd, rx_ring = _new_ring(options.ring_bytes)
-            try:
-                _send_setup(chan, options.ring_bytes, [rx_fd, theirs.fileno()], deadline)
-            finally:
-                os.close(rx_fd)
-                theirs.close()
-            capacity, (ring_fd,) = _recv_setup(chan, 1, deadline)
-            tx_ring = _map_peer_ring(ring_fd, capacity, uri)
-            return ShmComm(f"shm://pid:{os.getpid()}", uri, sock, mine, tx_ring, rx_ring,
+            rx_sock, tx_ring, rx_ring = setup.connector_setup(chan, options.ring_bytes,
+                                                              deadline)
+            return ShmComm(f"shm://pid:{os.getpid()}", uri, sock, rx_sock, tx_ring, rx_ring,
                            options)
         except BaseException:
             sock.close()
-            if mine is not None:
-                mine.close()
             raise
 
 

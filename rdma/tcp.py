@@ -99,8 +99,7 @@ class TcpComm(Comm):
         deadline = Deadline(timeout)
         with self._send_lock:
             self._check_open()
-            self._chan.send([framing.pack_header(framing.Kind.DATA, total), *views], deadline,
-                            "sending to")
+            self._chan.send([framing.pack_data(total), *views], deadline, "sending to")
 
     def recv(self, timeout: float | None = None) -> memoryview:
         deadline = Deadline(timeout)

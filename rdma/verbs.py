@@ -19,9 +19,11 @@ if _missing:
         "host) explicitly; tfos never falls back from rdma:// on its own")
 
 try:
-    from rdma._verbs import backend  # noqa: F401  (compiled extension, optional extra)
+    from rdma import _verbs  # the compiled extension (optional extra)
 except ImportError as error:
     raise TransportUnavailable(
         f"rdma:// on host {socket.gethostname()}: an RDMA device is present, but the compiled "
         f"verbs extension rdma._verbs is not installed ({error}); build it against "
         "libibverbs (rdma-core) or use tcp://") from None
+
+backend = _verbs.backend

@@ -21,6 +21,8 @@ import time
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import rdma
 from rdma import devices, framing
@@ -50,8 +52,17 @@ def _dev_shm_entries() -> set[str]:
 
 # -- fixtures ------------------------------------------------------------------------------
 
+def _unavailable(scheme: str) -> str | None:
+    if scheme == "shm" and not (hasattr(os, "memfd_create") and hasattr(socket, "recv_fds")):
+        return "shm:// needs Linux memfd_create and SCM_RIGHTS"
+    return None
+
+
 @pytest.fixture(params=sorted(SCHEMES))
 def scheme(request) -> str:
+    """Every scheme this host has; the others are skipped with the reason."""
+    if _unavailable(request.param):
+        pytest.skip(_unavailable(request.param))
     return request.param
 
 
@@ -64,6 +75,7 @@ def listener(scheme):
     if scheme == "shm":
         path = lis.address[len("shm://"):]
         assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+    assert len(_memfd_maps()) <= maps_before, "a ring is still mapped after close"
 
 
 @pytest.fixture
@@ -327,6 +339,7 @@ def _raw_connect(address: str) -> socket.socket:
     scheme, rest = rdma.comm.parse_uri(address)
     if scheme == "shm":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
         sock.connect(rest)
         return sock
     host, port = rest.rsplit(":", 1)
@@ -376,6 +389,27 @@ def test_malformed_frames_raise_frame_error_and_break_the_comm(local_pair, junk)
         server.recv(timeout=5)
     with pytest.raises(CommClosed, match="broke|malformed"):
         server.recv(timeout=5)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(max_size=64), max_size=4), valid_first=st.booleans())
+def test_arbitrary_bytes_from_a_peer_raise_only_frame_error_or_comm_closed(
+        listener, scheme, chunks, valid_first):
+    with rdma.connect(listener.address, SECRET, timeout=5, **OPTIONS[scheme]) as client:
+        with listener.accept(timeout=5) as server:
+            if valid_first:
+                client.send([b"a valid message first"], timeout=5)
+            for chunk in chunks:
+                client._out.sock.sendall(chunk)
+            client._out.sock.shutdown(socket.SHUT_WR)
+            for _ in range(len(chunks) + 2):     # bounded: at most one message per chunk
+                try:
+                    server.recv(timeout=5)
+                except (FrameError, CommClosed):
+                    break
+            else:
+                pytest.fail("a peer's arbitrary bytes did not end in FrameError or CommClosed")
 
 
 def test_a_truncated_frame_then_close_is_comm_closed_not_a_hang(local_pair, scheme):
