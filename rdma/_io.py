@@ -20,6 +20,7 @@ _SEND_FLAGS = int(getattr(socket, "MSG_NOSIGNAL", 0))
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _IOV_MAX = 1024
 _POLL_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+_POLL_MAX_MS = 2**31 - 1     # poll() takes a C int; longer waits wake up and wait again
 
 
 class Deadline:
@@ -38,14 +39,15 @@ class Deadline:
         """Milliseconds left for poll(): -1 without a deadline, 0 once passed."""
         if self.at is None:
             return -1
-        return max(0, int((self.at - time.monotonic()) * 1000 + 0.999))
+        return min(max(0, int((self.at - time.monotonic()) * 1000 + 0.999)), _POLL_MAX_MS)
 
 
 class Channel:
     """A connected stream socket with deadline-bounded I/O and an address for messages.
 
-    ``broken`` is set when a deadline cut a message in half: the stream has lost its place, so
-    every later operation raises CommClosed with that reason.
+    ``broken`` is set once the stream is unusable (the peer closed or reset it, a deadline cut a
+    message in half, a malformed frame): every later operation raises CommClosed with that
+    reason.
     """
 
     def __init__(self, sock: socket.socket, peer: str):
@@ -61,9 +63,10 @@ class Channel:
     def wait(self, events: int, deadline: Deadline, what: str) -> None:
         poller = select.poll()
         poller.register(self.sock, events | _POLL_ERR)
-        if not poller.poll(deadline.poll_ms()):
-            raise CommTimeout(f"{what} {self.peer}: nothing happened within "
-                              f"{deadline.timeout:g} s")
+        while not poller.poll(deadline.poll_ms()):
+            if deadline.at is not None and time.monotonic() >= deadline.at:
+                raise CommTimeout(f"{what} {self.peer}: nothing happened within "
+                                  f"{deadline.timeout:g} s")
 
     def recv_into(self, view, deadline: Deadline, what: str) -> int:
         """Reads at least one byte into ``view``; CommClosed at end of stream."""

@@ -4,7 +4,8 @@ A background thread accepts connections and authenticates each in its own short-
 (at most ``MAX_HANDSHAKES`` at once, each bounded by ``handshake_timeout``), so a slow or
 hostile peer never delays the others and a feeder's ``connect`` completes even while the
 application is busy. Finished handshakes, failed ones included, wait in a queue bounded by
-``backlog`` for ``accept()``: a failed one is raised there as AuthFailed, a good one returned.
+``backlog`` for ``accept()``: a failed one is raised there as AuthFailed (whatever went
+wrong: secret, garbage, a peer that vanished, a set-up error), a good one is returned.
 When the queue is full no more connections are taken from the kernel (backpressure).
 """
 from __future__ import annotations
@@ -17,9 +18,9 @@ import threading
 import time
 from typing import Callable
 
-from rdma._io import Channel, Deadline
+from rdma._io import Deadline
 from rdma.comm import Comm, CommOptions, Listener
-from rdma.errors import CommClosed, CommError, CommTimeout
+from rdma.errors import AuthFailed, CommClosed, CommError, CommTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +162,15 @@ class SocketListener(Listener):
             deadline = Deadline(self._options.handshake_timeout)
             try:
                 result = self._establish(conn, peer, deadline)
-            except CommError as error:
+                logger.info("comm: accepted %s at %s", peer, self._address)
+            except (CommError, OSError) as error:
+                # One connection failed: never CommClosed/CommTimeout, which accept() keeps
+                # for the listener itself.
+                if not isinstance(error, AuthFailed):
+                    error = AuthFailed(f"connection from {peer} to {self._address} failed "
+                                       f"during its set-up: {error}")
                 logger.warning("comm: refused a connection to %s: %s", self._address, error)
-                Channel(conn, peer).close()
+                conn.close()
                 result = error
             except Exception as error:  # a bug must not kill the listener silently
                 logger.exception("comm: setting up a connection to %s failed", self._address)

@@ -114,9 +114,9 @@ class Listener(abc.ABC):
     def accept(self, timeout: float | None = None) -> Comm:
         """The next authenticated connection.
 
-        CommTimeout when none arrives in ``timeout`` seconds; AuthFailed for a peer that
-        failed the handshake (the listener keeps serving: call accept again); CommClosed once
-        the listener is closed.
+        CommTimeout when none arrives in ``timeout`` seconds; AuthFailed for a connection
+        that failed its handshake or set-up (the listener keeps serving: call accept again);
+        CommClosed only once the listener itself is closed.
         """
 
     @abc.abstractmethod

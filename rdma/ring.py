@@ -63,7 +63,8 @@ class RingWriter:
         self.tail = 0   # the highest released counter credited so far
 
     def reserve(self, size: int) -> tuple[int, int, int]:
-        """``(start, end, needed)``: the message goes to ``[start, end)`` once ``tail >= needed``."""
+        """``(start, end, needed)``: the message goes to ``[start, end)`` once
+        ``tail >= needed``."""
         if size > self.capacity:
             raise FrameError(f"message of {size} bytes is larger than the ring of "
                              f"{self.capacity} bytes")

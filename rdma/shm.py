@@ -15,15 +15,15 @@ seals its size (F_SEAL_SHRINK/GROW), so the peer can rely on the mapping staying
 Per message the writer copies the parts into the peer's ring (the one copy) and sends a
 16-byte RING record on the control socket; the reader's ``recv()`` returns a read-only view
 into its ring (zero-copy) and releases it at the next receive. All synchronisation goes
-through the sockets, never through flags in shared memory: a system call orders the memory
-writes before it on every CPU architecture, and a dead peer is an end-of-stream at once. The
+through the sockets, never through flags in shared memory: the kernel's socket locks order
+the ring writes before a send ahead of the reads after the matching receive, on every CPU
+architecture (Python has no memory fences), and a dead peer is an end-of-stream at once. The
 ring bookkeeping (rdma.ring) makes credits rare: one per quarter ring, or when the writer is
 blocked and asks (NEED). A full ring blocks the writer: that is the backpressure, bounded by
 ``send(timeout=...)``. A message larger than the ring is refused (FrameError with both sizes).
 """
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import shutil
@@ -39,8 +39,6 @@ from rdma.comm import Backend, Comm, CommOptions, Listener
 from rdma.errors import CommClosed, CommError, CommTimeout, ConnectFailed, FrameError
 from rdma.handshake import connector_handshake, listener_handshake
 from rdma.ring import RingReader, RingWriter
-
-logger = logging.getLogger(__name__)
 
 MIN_CAPACITY = 64 << 10
 _CONTROL_BUFFER = 64 << 10

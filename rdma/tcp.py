@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import select
 import socket
 import struct
@@ -32,8 +31,6 @@ from rdma._listener import SocketListener
 from rdma.comm import Backend, Comm, CommOptions, Listener
 from rdma.errors import CommClosed, CommError, CommTimeout, ConnectFailed, FrameError
 from rdma.handshake import connector_handshake, listener_handshake
-
-logger = logging.getLogger(__name__)
 
 _KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 
@@ -73,8 +70,8 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class TcpComm(Comm):
-    def __init__(self, sock: socket.socket, options: TcpOptions):
-        super().__init__(format_address(sock.getsockname()), format_address(sock.getpeername()))
+    def __init__(self, sock: socket.socket, options: TcpOptions, peer: str):
+        super().__init__(format_address(sock.getsockname()), peer)
         self._chan = Channel(sock, self.peer_address)
         self._out = self._chan        # where the peer reads our frames (tests write raw bytes)
         self._reader = FrameReader(self._chan, options.max_message)
@@ -213,7 +210,7 @@ class TcpBackend(Backend):
         def establish(conn: socket.socket, peer: str, deadline: Deadline) -> Comm:
             _configure(conn, options)
             listener_handshake(Channel(conn, peer), secret, deadline)
-            return TcpComm(conn, options)
+            return TcpComm(conn, options, peer)
 
         return SocketListener(sock, format_address(sock.getsockname()), options, establish,
                               lambda conn, raw_peer: format_address(raw_peer))
@@ -230,7 +227,7 @@ class TcpBackend(Backend):
             sock.connect(sockaddr)
             channel = Channel(sock, f"tcp://{address}")
             connector_handshake(channel, secret, deadline)
-            return TcpComm(sock, options)
+            return TcpComm(sock, options, channel.peer)
         except socket.timeout:
             sock.close()
             raise CommTimeout(f"connecting to tcp://{address}: no answer within {timeout:g} s "

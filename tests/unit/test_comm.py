@@ -1,8 +1,8 @@
 """Conformance suite of the comm interface, run over every scheme this host has (tcp, shm).
 
 The test process is the listener (a TF node's side); the key cases put the other end in a
-real separate process, started as ``python test_comm.py <action> ...`` (see ``_peer_main``
-at the bottom), which reports on stdout as JSON lines. Every wait has a timeout and every loop
+real separate process, ``python test_comm_peer.py <action> ...``, which reports on stdout as
+JSON lines. Every wait has a timeout and every loop
 a count, so a broken transport fails here instead of hanging.
 """
 from __future__ import annotations
@@ -26,10 +26,12 @@ from hypothesis import strategies as st
 
 import rdma
 from rdma import devices, framing
+from test_comm_peer import pattern
 from rdma.errors import (AuthFailed, CommClosed, CommTimeout, ConnectFailed, FrameError,
                          TransportUnavailable)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_comm_peer.py")
 SECRET = bytes(range(100, 132))
 MiB = 1 << 20
 SCHEMES = {"tcp": "tcp://127.0.0.1:0", "shm": "shm://"}
@@ -94,8 +96,7 @@ class Peer:
     def __init__(self, action: str, uri: str, opts: dict, *args, secret: bytes = SECRET):
         env = dict(os.environ, PYTHONPATH=REPO, TFOS_TEST_SECRET=secret.hex())
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), action, uri, json.dumps(opts),
-             *map(str, args)],
+            [sys.executable, PEER_PROGRAM, action, uri, json.dumps(opts), *map(str, args)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def line(self, timeout: float = 20) -> dict:
@@ -138,10 +139,6 @@ def peer(scheme):
         p.kill()
 
 
-def _pattern(index: int, size: int) -> bytes:
-    return struct.pack("<Q", index) + bytes([index % 251]) * (size - 8)
-
-
 # -- messages --------------------------------------------------------------------------------
 
 def test_round_trip_of_small_large_empty_and_multipart_messages(listener, peer):
@@ -165,7 +162,7 @@ def test_send_and_receive_in_two_threads_at_once(listener, peer):
     count, size = 300, 20_000
     with listener.accept(timeout=20) as comm:
         sender = threading.Thread(
-            target=lambda: [comm.send([_pattern(i, size)], timeout=10) for i in range(count)])
+            target=lambda: [comm.send([pattern(i, size)], timeout=10) for i in range(count)])
         sender.start()
         try:
             for i in range(count):
@@ -584,68 +581,3 @@ def test_a_custom_backend_is_used_for_its_scheme():
             with listener.accept(timeout=5) as server:
                 client.send([b"via looptest"], timeout=5)
                 assert bytes(server.recv(timeout=5)) == b"via looptest"
-
-
-# -- the peer process ------------------------------------------------------------------------
-
-def _say(**report) -> None:
-    print(json.dumps(report), flush=True)
-
-
-def _wait_for_parent() -> None:
-    """Blocks until the test writes a line or closes our stdin (bounded)."""
-    select.select([sys.stdin], [], [], 60)
-
-
-def _peer_main(action: str, uri: str, opts: str, *args: str) -> None:
-    opts = json.loads(opts)
-    secret = bytes.fromhex(os.environ["TFOS_TEST_SECRET"])
-    if action == "listen_then_hang":
-        with rdma.listen(uri, secret, **opts) as listener:
-            _say(address=listener.address)
-            comm = listener.accept(timeout=20)
-            _say(accepted=True)
-            _wait_for_parent()
-            comm.close()
-        return
-    try:
-        comm = rdma.connect(uri, secret, timeout=20, **opts)
-    except AuthFailed:
-        _say(error="AuthFailed")
-        return
-    with comm:
-        if action == "auth":
-            comm.send([b"hello"], timeout=10)
-            _say(ok=True)
-        elif action == "echo":
-            for _ in range(10_000):
-                message = comm.recv(timeout=20)
-                if bytes(message) == b"bye":
-                    break
-                third = len(message) // 3     # echoed as three parts: gathers on this side
-                comm.send([message[:third], message[third:2 * third], message[2 * third:]],
-                          timeout=20)
-        elif action == "stream":
-            count, size = int(args[0]), int(args[1])
-            for i in range(count):
-                comm.send([_pattern(i, size)], timeout=20)
-            comm.send([], timeout=20)
-            comm.recv(timeout=20)
-        elif action == "flood":
-            size, sent = int(args[0]), 0
-            try:
-                for sent in range(64):
-                    comm.send([_pattern(sent, size)], timeout=1.0)
-                _say(error=None, sent=64)
-            except CommTimeout:
-                _say(error="CommTimeout", sent=sent)
-            _wait_for_parent()
-        elif action == "hang":
-            for i in range(int(args[0])):
-                comm.send([_pattern(i, 100)], timeout=10)
-            _say(sent=int(args[0]))
-            _wait_for_parent()
-
-
-if __name__ == "__main__":
-    _peer_main(*sys.argv[1:])
