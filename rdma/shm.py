@@ -42,6 +42,7 @@ from rdma.ring import RingReader, RingWriter
 
 MIN_CAPACITY = 64 << 10
 _CONTROL_BUFFER = 64 << 10
+_CONTROL_SNDBUF = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class ShmComm(Comm):
                  tx_ring: mmap.mmap, rx_ring: mmap.mmap, options: ShmOptions):
         super().__init__(local, peer)
         self._options = options
+        try:    # room for thousands of 16-byte records, each a small kernel buffer
+            tx_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _CONTROL_SNDBUF)
+        except OSError:
+            pass
         self._tx = Channel(tx_sock, peer)     # we send RING/NEED, read CREDIT
         self._rx = Channel(rx_sock, peer)     # we read RING/NEED, send CREDIT
         self._out = self._tx                  # where the peer reads our frames (tests)

@@ -162,7 +162,8 @@ class TcpComm(Comm):
                     while True:
                         self._chan.recv_into(scratch, Deadline(0), "closing")
                 left = until - time.monotonic()
-                if _unsent(self._chan.sock) == 0 or left <= 0:
+                # After shutdown(SHUT_WR) our FIN takes one sequence number of its own.
+                if 0 <= _unsent(self._chan.sock) <= 1 or left <= 0:
                     return
                 # No event says "send queue empty": wake on incoming data or a short pause.
                 poller.poll(int(min(pause, left) * 1000) + 1)

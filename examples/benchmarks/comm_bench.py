@@ -93,6 +93,8 @@ def main(argv=None) -> None:
         produce(args.produce[0], int(args.produce[1]), int(args.produce[2]))
         return
     secret = os.urandom(32)
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start "
+          "(other processes on the machine slow both schemes down)")
     print(f"{'records/msg':>11} {'msg bytes':>10} | {'scheme':>6} {'MB/s':>8} {'msg/s':>9} "
           f"{'rec/s':>10} | shm/tcp")
     for records in (int(r) for r in args.records.split(",")):

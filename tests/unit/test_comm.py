@@ -512,6 +512,17 @@ def test_a_view_held_past_close_stays_readable_and_nothing_is_left(scheme):
         assert not os.path.exists(listener.address[len("shm://"):])
 
 
+def test_many_connections_leave_no_descriptor_or_mapping_behind(listener, scheme):
+    fds_before, maps_before = len(os.listdir("/proc/self/fd")), len(_memfd_maps())
+    for i in range(30):
+        with rdma.connect(listener.address, SECRET, timeout=5, **OPTIONS[scheme]) as client:
+            with listener.accept(timeout=5) as server:
+                client.send([b"ping %d" % i], timeout=5)
+                assert bytes(server.recv(timeout=5)) == b"ping %d" % i
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+    assert len(_memfd_maps()) <= maps_before
+
+
 # -- addresses, registry, rdma:// ---------------------------------------------------------
 
 def test_addresses_name_both_ends(local_pair, listener, scheme):
