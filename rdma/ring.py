@@ -65,11 +65,15 @@ class RingWriter:
     def reserve(self, size: int) -> tuple[int, int, int]:
         """``(start, end, needed)``: the message goes to ``[start, end)`` once
         ``tail >= needed``."""
-        if size > self.capacity:
+        capacity, head = self.capacity, self.head
+        if size > capacity:
             raise FrameError(f"message of {size} bytes is larger than the ring of "
-                             f"{self.capacity} bytes")
-        start, end = placement(self.head, size, self.capacity)
-        return start, end, room_needed(self.head, end, self.capacity, size)
+                             f"{capacity} bytes")
+        # placement() and room_needed() inlined: this runs once per message sent.
+        offset = head % capacity
+        start = head if offset + size <= capacity else head - offset + capacity
+        end = start - (-size // ALIGN) * ALIGN
+        return start, end, min(end - capacity, head) if size else 0
 
     def commit(self, end: int) -> None:
         self.head = end
@@ -115,7 +119,8 @@ class RingReader:
         if not self.released <= end <= self.head:
             raise FrameError(f"release of {end} outside [{self.released}, {self.head}]")
         self.released = end
-        self._skip_dead()
+        if self._skips:
+            self._skip_dead()
 
     def _skip_dead(self) -> None:
         while self._skips and self._skips[0][0] == self.released:
@@ -130,6 +135,8 @@ class RingReader:
 
     def credit_due(self) -> int | None:
         """The counter to send as CREDIT now, or None."""
+        if self.need is None and self.released - self.credited < self._credit_every:
+            return None     # the usual answer, once per message received
         if self.need is not None and self.credited >= self.need:
             self.need = None    # a credit already sent answers it
         due = self.released > self.credited and (

@@ -115,7 +115,8 @@ class ShmComm(Comm):
         framing.check_size(total, self._options.max_message, self.peer_address)
         deadline = Deadline(timeout)
         with self._send_lock:
-            self._check_open(self._tx)
+            if self._closed or self._tx.broken:
+                self._check_open(self._tx)
             try:
                 start, end, needed = self._writer.reserve(total)
             except FrameError as error:
