@@ -88,8 +88,13 @@ def _wait_for_slots(sc, needed: int, config: ClusterConfig) -> int:
 def _too_few(needed: int, have: int, master: str, config: ClusterConfig,
              waited: bool = False) -> str:
     when = f" after waiting {config.slot_wait_timeout:.0f}s for executors" if waited else ""
-    return (f"the cluster needs {needed} task slots at once ({config.num_nodes} TF nodes, one "
-            f"barrier task each) but the Spark application ({master}) has {have}{when}. "
+    feed = needed - config.num_nodes
+    why = f"{config.num_nodes} TF nodes, one barrier task each"
+    if feed:
+        why += (f", plus {feed} for the feed tasks that stream Spark data into them "
+                "(InputMode.SPARK: executors need a free slot beside the nodes' own)")
+    return (f"the cluster needs {needed} task slots at once ({why}) but the Spark application "
+            f"({master}) has {have}{when}. "
             "Give it more executors or cores (--num-executors / spark.executor.instances, "
             "spark.executor.cores, spark.cores.max; local-cluster[N,cores,mem] or local[N] when "
             "embedded), or ask for fewer nodes")

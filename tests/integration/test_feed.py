@@ -164,3 +164,9 @@ def test_an_exception_after_feeding_reaches_shutdown(spark_local_cluster_4x1):
     with pytest.raises(tfos.ClusterFailed, match="worker:1@127.0.0.1") as failed:
         cluster.shutdown(timeout=60)
     assert "RuntimeError: failed after the feed ended" in "\n".join(failed.value.failures[0].log_tail)
+
+
+def test_preflight_counts_a_slot_for_the_feed_tasks(spark_local_cluster_4x1):
+    with pytest.raises(tfos.PreflightError, match=r"needs 5 task slots .*plus 1 for the feed"):
+        tfos.TFCluster.run(spark_local_cluster_4x1, square, {}, num_executors=4,
+                           input_mode=tfos.InputMode.SPARK)
