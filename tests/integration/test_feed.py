@@ -170,3 +170,29 @@ def test_preflight_counts_a_slot_for_the_feed_tasks(spark_local_cluster_4x1):
     with pytest.raises(tfos.PreflightError, match=r"needs 5 task slots .*plus 1 for the feed"):
         tfos.TFCluster.run(spark_local_cluster_4x1, square, {}, num_executors=4,
                            input_mode=tfos.InputMode.SPARK)
+
+
+def test_train_from_structured_streaming_foreach_batch(spark_local_cluster_4x1,
+                                                       spark_feed_cluster, tmp_path):
+    spark = spark_local_cluster_4x1
+    source = tmp_path / "stream"
+    for part in range(3):   # three files, one micro-batch each
+        spark.createDataFrame([(i, [float(i)] * 2) for i in range(part * 20, part * 20 + 20)],
+                              "id long, v array<float>").coalesce(1) \
+            .write.parquet(str(source / f"part={part}"))
+    stream = spark.readStream.schema("id long, v array<float>") \
+        .option("maxFilesPerTrigger", 1).parquet(str(source / "part=*"))
+    with spark_feed_cluster(id_column="id") as cluster:
+        query = stream.writeStream.trigger(availableNow=True) \
+            .option("checkpointLocation", str(tmp_path / "checkpoint")) \
+            .foreachBatch(lambda batch, batch_id: cluster.train(batch, num_epochs=1)).start()
+        assert query.awaitTermination(240)
+        assert query.exception() is None
+        cluster.shutdown(timeout=120)
+    records = [json.loads(p.read_text())["input"] for p in sorted(tmp_path.glob("*.json"))]
+    epochs = list(zip(*records))
+    assert len(epochs) == 3, "one epoch per micro-batch"
+    for epoch in epochs:
+        assert [len(ids) for ids in epoch] == [10, 10]
+    received = sorted(i for epoch in epochs for ids in epoch for i in ids)
+    assert received == list(range(60))
