@@ -9,6 +9,11 @@ The strategy follows ``TF_CONFIG``, whoever set it (you, or tfos on a Spark exec
 * a cluster with a ``ps`` job: ParameterServerStrategy; the ``chief`` is the coordinator that
   runs ``model.fit``, the ``worker`` and ``ps`` tasks only serve (``server.join()``).
 
+With ``--input_mode spark`` (a tfos flag: ``mnist_spark.py --input_mode spark``) the training
+rows come from Spark instead of the files: tfos feeds every chief and worker its share of a
+DataFrame through ``ctx.get_data_feed()``, read here as a ``tf.data.Dataset``
+(MultiWorkerMirroredStrategy only).
+
 At the end the chief evaluates the trained weights on the whole test set, prints one line
 ``test accuracy: 0.XXXX`` and, with ``--model_dir``, saves a SavedModel there.
 
@@ -69,35 +74,60 @@ def main_fun(args, ctx):
     else:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
-    train_files = mnist_model.list_files(args.data_dir, "train", args.format)
-
-    def train_dataset(input_context):
-        # Each worker reads its own share (whole files when they divide evenly, else records),
-        # repeated: steps_per_epoch ends every epoch, so all workers run the same number of steps.
-        return mnist_model.make_dataset(
-            train_files, args.batch_size, shuffle=True, repeat=True, seed=SEED,
-            shard=(input_context.num_input_pipelines, input_context.input_pipeline_id))
-
     with strategy.scope():
         model = mnist_model.build_model()
     global_batch_size = args.batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = -(-mnist_model.count_records(train_files) // global_batch_size)
-    print("mnist: %s on %s:%d, %d %s files, %d steps per epoch" % (
+    if getattr(args, "input_mode", "tensorflow") == "spark":
+        # tfos feeds this worker its share of a Spark DataFrame, epoch by epoch.
+        train_input, steps_per_epoch = _fed_dataset(tf, ctx, global_batch_size), None
+        source = "rows fed by Spark"
+    else:
+        train_files = mnist_model.list_files(args.data_dir, "train", args.format)
+
+        def train_dataset(input_context):
+            # Each worker reads its own share (whole files when they divide evenly, else
+            # records), repeated: steps_per_epoch ends every epoch, so all workers run the same
+            # number of steps.
+            return mnist_model.make_dataset(
+                train_files, args.batch_size, shuffle=True, repeat=True, seed=SEED,
+                shard=(input_context.num_input_pipelines, input_context.input_pipeline_id))
+
+        train_input = tf.keras.utils.experimental.DatasetCreator(train_dataset)
+        steps_per_epoch = -(-mnist_model.count_records(train_files) // global_batch_size)
+        source = "%d %s files, %d steps per epoch" % (len(train_files), args.format,
+                                                      steps_per_epoch)
+    print("mnist: %s on %s:%d, %s" % (
         "ParameterServerStrategy" if use_ps else "MultiWorkerMirroredStrategy",
-        task_type or "local", task_index, len(train_files), args.format, steps_per_epoch))
+        task_type or "local", task_index, source))
     # TensorBoard summaries from the chief: into tfos's log directory (--tensorboard, --log_dir)
     # on Spark, into --log_dir when run alone.
     log_dir = ctx.log_dir if ctx is not None else getattr(args, "log_dir", None)
     callbacks = _tensorboard(tf, log_dir) if is_chief and log_dir else []
     start = time.time()
-    model.fit(tf.keras.utils.experimental.DatasetCreator(train_dataset), epochs=args.epochs,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2 if is_chief else 0)
+    model.fit(train_input, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+              callbacks=callbacks, verbose=2 if is_chief else 0)
     print("mnist: trained %d epochs in %.1f s" % (args.epochs, time.time() - start))
 
     if args.model_dir:
         _save(model, args.model_dir, is_chief, use_ps)
     if is_chief:
         print("test accuracy: %.4f" % _evaluate(model, args, mnist_model))
+
+
+def _fed_dataset(tf, ctx, global_batch_size):
+    """InputMode.SPARK: the (image, label) batches tfos feeds this worker, one epoch per pass.
+
+    Every worker already holds its own, equally large share, so tf.distribute must not shard it
+    again (its default would keep 1/N of each worker's rows). Keras takes a dataset's batch as
+    the global batch and cuts it into one slice per replica of the cluster; with sharding off a
+    worker runs each slice as a step, so global batches give every replica ``--batch_size``
+    rows per step, as the files do.
+    """
+    feed = ctx.get_data_feed(train_mode=True, qname_in="input")
+    dataset = feed.dataset(global_batch_size, columns=["image", "label"])
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
 
 
 def _serve(tf, ctx):
