@@ -35,7 +35,8 @@ def argument_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 
 def input_mode(args) -> InputMode:
-    return InputMode.SPARK if args.input_mode == "spark" else InputMode.TENSORFLOW
+    return InputMode.SPARK if getattr(args, "input_mode", None) == "spark" \
+        else InputMode.TENSORFLOW
 
 
 def spark_session(args, app_name: str = "tfos", executor_memory_mb: int = 1024, conf=None):
@@ -46,8 +47,11 @@ def spark_session(args, app_name: str = "tfos", executor_memory_mb: int = 1024, 
     from pyspark.sql import SparkSession
     builder = SparkSession.builder.appName(app_name)
     master = getattr(args, "master", None)
-    if master is None and not SparkConf().contains("spark.master"):
-        master = f"local-cluster[{args.cluster_size},1,{executor_memory_mb}]"
+    # Under spark-submit the JVM is already up (PYSPARK_GATEWAY_PORT) and holds the master.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ or SparkConf().contains("spark.master")
+    if master is None and not submitted:
+        cores = 2 if input_mode(args) == InputMode.SPARK else 1  # a slot for the feed tasks
+        master = f"local-cluster[{args.cluster_size},{cores},{executor_memory_mb}]"
     if master is not None:
         builder = builder.master(master)
     for key, value in {**BARRIER_FAIL_FAST, "spark.dynamicAllocation.enabled": "false",

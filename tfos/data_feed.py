@@ -91,6 +91,11 @@ class DataFeed:
         Elements are tuples of the chosen ``columns`` (default: all, in feed order; a single
         column is yielded as a tensor), e.g. ``(image, label)`` for Keras ``fit``. Iterating it
         again continues with the next epoch.
+
+        TensorFlow's auto-sharding is turned off: the feed has already split the data among
+        the workers, and sharding it again would drop most of it. Under a multi-worker strategy
+        Keras treats a dataset's batch as the global batch and splits it among the workers'
+        replicas, so pass the global batch size (per-worker size times workers) there.
         """
         import tensorflow as tf
         first = self._peek()
@@ -110,8 +115,12 @@ class DataFeed:
                 values = tuple(batch[n] for n in names)
                 yield values[0] if len(values) == 1 else values
 
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             batches, output_signature=specs[0] if len(specs) == 1 else specs)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(options)
 
     def _peek(self) -> dict[str, np.ndarray]:
         """A zero-row view of the first chunk, to learn column names, dtypes and shapes."""

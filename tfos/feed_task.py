@@ -204,20 +204,33 @@ def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[
                               name="tfos-feed-results")
     reader.start()
     source = _row_source(spec, partition, rows)
+    received = 0
     while True:
         columns, n = source.take(spec.chunk_rows)
         if n == 0:
             break
         conn.send(columns, n)
+        # Hand results on as they come, so neither they nor the rows waiting for them pile up.
+        while not results.empty():
+            received += yield from _yield_result(results.get_nowait())
     conn.comm.send(feed_codec.encode("end", {"records": conn.sent}))
-    received = 0
     while received < conn.sent:
-        item = results.get(timeout=spec.timeout)
-        if isinstance(item, Exception):
-            raise item
-        received += len(next(iter(item.values())))
-        yield item
+        try:
+            item = results.get(timeout=spec.timeout)
+        except queue.Empty:
+            raise FeedFailed(f"node {conn.endpoint.label} returned {received} of {conn.sent} "
+                             f"results of partition {partition} within {spec.timeout:.0f}s; "
+                             "its map_fun must call batch_results for every batch") from None
+        received += yield from _yield_result(item)
     conn.comm.close()
+
+
+def _yield_result(item):
+    """Yields one result chunk (raising a node's error instead); returns its row count."""
+    if isinstance(item, Exception):
+        raise item
+    yield item
+    return len(next(iter(item.values())))
 
 
 def _read_results(conn: _Connection, results: queue.Queue) -> None:

@@ -46,6 +46,7 @@ class Feeder:
         # with them, so its id cannot be reused): a second train() on them skips the count.
         self._counts: dict[int, tuple[object, list[int]]] = {}
         self.terminated = threading.Event()
+        self._job_running = threading.Event()
 
     # -- endpoints ----------------------------------------------------------------------------
     def workers(self) -> list[int]:
@@ -148,8 +149,14 @@ class Feeder:
                 error.append(exc)
 
         thread = threading.Thread(target=job, name="tfos-feed-job", daemon=True)
-        thread.start()
-        thread.join()
+        self._job_running.set()
+        try:
+            thread.start()
+            if self.terminated.is_set():   # stopped while starting: cancel what just began
+                self.cluster.sc.cancelJobGroup(self.job_group)
+            thread.join()
+        finally:
+            self._job_running.clear()
         if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
             # A node that died makes its feeders fail before its exit reaches the driver: give
             # the root cause a moment to arrive, so the error names the node, not the symptom.
@@ -169,7 +176,8 @@ class Feeder:
             self.terminated.set()
             logger.info("the nodes stopped consuming: cancelling feed job group %s",
                         self.job_group)
-        self.cluster.sc.cancelJobGroup(self.job_group)
+        if self._job_running.is_set():
+            self.cluster.sc.cancelJobGroup(self.job_group)
 
     def node_exited(self, node_id: int) -> None:
         if node_id in self.workers():
@@ -259,23 +267,37 @@ def _infer_rows(spec: FeedSpec, partition: int, rows):
 
 
 def _infer_arrow(spec: FeedSpec, schema, batches):
-    """Feeds Arrow batches; yields each input batch with the result columns appended."""
+    """Feeds Arrow batches; yields the input rows with the result columns appended, as the
+    results arrive (only rows still awaiting their results are held)."""
+    import collections
+
     import pyarrow as pa
-    kept: list = []
+    from pyspark.sql.pandas.types import to_arrow_type
+    waiting: collections.deque = collections.deque()   # input batches sent, not yet answered
 
     def remember(stream):
         for batch in stream:
-            kept.append(batch)
+            waiting.append(batch)
             yield batch
 
-    chunks = list(infer_partition(spec, _partition_id(), remember(batches)))
-    if not kept:
-        return
-    out = pa.Table.from_batches(kept)
-    names = schema.names[len(out.schema.names):]
-    from pyspark.sql.pandas.types import to_arrow_type
-    for position, name in enumerate(names):
-        values = [v for chunk in chunks for v in list(chunk.values())[position]]
-        column = pa.array([v.tolist() if hasattr(v, "tolist") else v for v in values])
-        out = out.append_column(name, column.cast(to_arrow_type(schema[name].dataType)))
-    yield from out.to_batches()
+    for chunk in infer_partition(spec, _partition_id(), remember(batches)):
+        out = pa.Table.from_batches(_take_rows(waiting, len(next(iter(chunk.values())))))
+        for name, values in zip(schema.names[out.num_columns:], chunk.values()):
+            column = pa.array(values.tolist()).cast(to_arrow_type(schema[name].dataType))
+            out = out.append_column(name, column)
+        yield from out.to_batches()
+
+
+def _take_rows(waiting, rows: int) -> list:
+    """The first ``rows`` rows of the queued Arrow batches, removed from the queue."""
+    taken = []
+    while rows:
+        batch = waiting[0]
+        if batch.num_rows <= rows:
+            taken.append(waiting.popleft())
+            rows -= batch.num_rows
+        else:
+            taken.append(batch.slice(0, rows))
+            waiting[0] = batch.slice(rows)
+            rows = 0
+    return taken

@@ -23,7 +23,7 @@ SESSION_MARK = "TFOS_TEST_SESSION"
 os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
 
 
-def _private_spark_home() -> str:
+def private_spark_home() -> str:
     out = subprocess.run(["bash", str(REPO / "scripts" / "spark_home.sh")], check=True,
                          capture_output=True, text=True, timeout=60)
     return out.stdout.strip().splitlines()[-1]
@@ -54,7 +54,7 @@ class SparkSessions:
 
 @pytest.fixture(scope="session")
 def spark_sessions():
-    os.environ["SPARK_HOME"] = _private_spark_home()
+    os.environ["SPARK_HOME"] = private_spark_home()
     sessions = SparkSessions()
     yield sessions
     sessions.stop()

@@ -196,3 +196,25 @@ def test_train_from_structured_streaming_foreach_batch(spark_local_cluster_4x1,
         assert [len(ids) for ids in epoch] == [10, 10]
     received = sorted(i for epoch in epochs for ids in epoch for i in ids)
     assert received == list(range(60))
+
+
+def double_x(args, ctx):
+    feed = ctx.get_data_feed(train_mode=False, input_mapping={"x": "x"})
+    while not feed.should_stop():
+        batch = feed.next_batch(args["batch"])
+        if batch:
+            feed.batch_results(batch["x"] * 2)
+
+
+def test_dataframe_inference_appends_results_next_to_the_input(spark_local_cluster_4x1):
+    spark = spark_local_cluster_4x1
+    # parallelize keeps row order (a shuffle would not, between two evaluations)
+    df = spark.sparkContext.parallelize([(i, f"row{i}", float(i)) for i in range(250)], 4) \
+        .toDF("id long, name string, x double")
+    expected = [(r.id, r.name, r.x) for r in df.collect()]
+    with tfos.TFCluster.run(spark, double_x, {"batch": 16}, num_executors=2,
+                            input_mode=tfos.InputMode.SPARK, log_stream=None) as cluster:
+        rows = cluster.inference(df, output_schema="doubled double").collect()
+        cluster.shutdown(timeout=120)
+    assert [(r.id, r.name, r.x) for r in rows] == expected
+    assert all(r.doubled == 2 * r.x for r in rows)

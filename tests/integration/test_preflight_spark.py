@@ -39,3 +39,15 @@ def test_bad_cluster_size_is_a_config_error(nodes, message):
     result = outcome(run_app("preflight_app.py", "local[2]", nodes))
     assert result["error"] == "ConfigError"
     assert message in result["message"]
+
+
+def test_spark_session_keeps_the_master_given_to_spark_submit():
+    import os
+    import subprocess
+    from conftest import REPO, private_spark_home
+    spark_home = private_spark_home()
+    result = subprocess.run([os.path.join(spark_home, "bin", "spark-submit"), "--master", "local[2]",
+                             str(REPO / "tests" / "integration" / "apps" / "master_app.py")],
+                            capture_output=True, text=True, timeout=180,
+                            env=dict(os.environ, SPARK_HOME=spark_home))
+    assert "MASTER local[2]" in result.stdout, result.stderr[-3000:]

@@ -86,3 +86,11 @@ def test_dataset_gives_equal_epochs_to_keras_fit():
 def test_dataset_with_unknown_columns_names_them():
     with pytest.raises(FeedUsageError, match=r"no columns \['pixels'\]"):
         DataFeed(feeding([[2]])).dataset(2, columns=["pixels"])
+
+
+def test_dataset_turns_tensorflow_auto_sharding_off():
+    import tensorflow as tf
+    dataset = DataFeed(feeding([[4]])).dataset(2)
+    # The feed already split the data among workers: sharding again would drop most of it.
+    assert dataset.options().experimental_distribute.auto_shard_policy == \
+        tf.data.experimental.AutoShardPolicy.OFF
