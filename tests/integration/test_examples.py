@@ -27,7 +27,7 @@ def accuracy(output: str, prefix: str = "") -> float:
 @pytest.fixture(scope="module")
 def mnist_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist")
-    run(MNIST / "mnist_data_setup.py", "--output", out, "--format", "tfrecord")
+    run(MNIST / "mnist_data_setup.py", "--output", out, "--format", "both")
     return out
 
 
@@ -41,3 +41,14 @@ def test_on_spark_three_nodes(mnist_data, num_ps, chief):
     output = run(MNIST / "mnist_spark.py", "--cluster_size", 3, "--num_ps", num_ps,
                  "--data_dir", mnist_data, "--master", "local-cluster[3,1,1024]")
     assert accuracy(output, chief) > 0.9
+
+
+def test_fed_by_spark_then_inference_on_the_saved_model(mnist_data, tmp_path):
+    model_dir = tmp_path / "model"
+    output = run(MNIST / "mnist_spark.py", "--cluster_size", 3, "--input_mode", "spark",
+                 "--data_dir", mnist_data, "--model_dir", model_dir, timeout=400)
+    assert accuracy(output, "[chief:0@127.0.0.1] ") > 0.9
+    output = run(MNIST / "mnist_inference.py", "--data_dir", mnist_data, "--model_dir", model_dir,
+                 "--output", tmp_path / "predictions", timeout=400)
+    found = re.findall(r"inference accuracy: ([0-9.]+)", output)
+    assert len(found) == 1 and float(found[0]) > 0.9, output[-4000:]
