@@ -41,6 +41,9 @@ class Feeder:
         self._epochs: dict[str, int] = {}      # next epoch number per feed
         self._markers: dict[int, object] = {}  # node id -> driver connection to its feed
         self._lock = threading.Lock()
+        # One marker exchange (send, then its reply) at a time per driver: train() may be
+        # called from several threads (a streaming query's foreachBatch and the notebook).
+        self._marker_lock = threading.Lock()
         self.job_group = f"{cluster.job_group}-feed"
         # Row counts of cached datasets already fed, by object identity (the object is kept
         # with them, so its id cannot be reused): a second train() on them skips the count.
@@ -82,9 +85,10 @@ class Feeder:
     def _mark(self, node_id: int, endpoint: NodeEndpoint, kind: str, meta: dict) -> None:
         from rdma import comm
         try:
-            conn = self._marker_conn(node_id, endpoint)
-            conn.send(feed_codec.encode(kind, meta))
-            reply, reply_meta, _ = feed_codec.decode(conn.recv(timeout=60))
+            with self._marker_lock:
+                conn = self._marker_conn(node_id, endpoint)
+                conn.send(feed_codec.encode(kind, meta))
+                reply, reply_meta, _ = feed_codec.decode(conn.recv(timeout=60))
         except comm.CommError as exc:
             self._raise_if_failed()
             raise FeedJobFailed(f"cannot send the {kind} marker to node {endpoint.label}: "
