@@ -95,10 +95,10 @@ class TFCluster:
         if config.input_mode == InputMode.SPARK:
             from tfos.feeding import Feeder
             cluster._feeder = Feeder(cluster, secret)
-            # A fed node that stops consuming (terminate(), an early return, a failure) ends
-            # the feeding at once: synchronous training cannot go on without it.
+            # terminate() ends the feeding at once; so does a failure (through _stop_nodes). A
+            # node that returned normally may have read all it was owed while others still
+            # read theirs: its feeders find it gone, and then the feed stops (Feeder._run_job).
             state.on_feed_terminated = lambda node_id, feed: cluster._feeder.cancel()
-            state.on_node_exited = cluster._feeder.node_exited
         try:
             cluster._launch(NodeStageSpec(config, service.address, secret, payload,
                                           default_fs(sc)))

@@ -61,7 +61,6 @@ class ClusterState:
         self.services: dict[str, str] = {}
         self.feed_uris: dict[int, list[str]] = {}   # node id -> its feed endpoint's addresses
         self.on_feed_terminated: Callable[[int, str], None] | None = None
-        self.on_node_exited: Callable[[int], None] | None = None
         self.stop_requested = False
         self.job_ended = False
 
@@ -119,12 +118,6 @@ class ClusterState:
         return m.Ack()
 
     def status(self, msg: m.NodeStatus) -> m.Ack:
-        reply = self._status(msg)
-        if msg.state == m.NodeState.EXITED and reply.ok and self.on_node_exited is not None:
-            self.on_node_exited(msg.node_id)
-        return reply
-
-    def _status(self, msg: m.NodeStatus) -> m.Ack:
         with self.changed:
             node = self.nodes.get(msg.node_id)
             if node is None or msg.node_id not in self.registered:

@@ -104,12 +104,13 @@ def _chunks(rows: Iterable, size: int) -> Iterator[list]:
 def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> int:
     """Sends this partition's planned ranges of one epoch; returns the number of rows sent."""
     ranges = sorted(spec.plan.for_partition(partition), key=lambda r: r.start)
+    source = _row_source(spec, partition, rows)
     if not ranges:
+        source.drain()
         return 0
     connections: dict[int, _Connection] = {}
     position = 0
     sent = 0
-    source = _row_source(spec, partition, rows)
     for row_range in ranges:
         source.skip(row_range.start - position)
         position = row_range.start
@@ -129,6 +130,9 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
             sent += n
     for conn in connections.values():
         conn.finish()
+    # Read the partition to its end even past the planned rows: a Python worker that left
+    # input unread cannot be reused, and starting a new one costs more than the reading.
+    source.drain()
     return sent
 
 
@@ -144,6 +148,10 @@ class _RowSource:
         for _ in itertools.islice(self._rows, n):
             pass
         self._index += n
+
+    def drain(self) -> None:
+        for _ in self._rows:
+            pass
 
     def take(self, n: int):
         chunk = list(itertools.islice(self._rows, n))
@@ -179,6 +187,10 @@ class _ArrowSource:
             self._offset += step
             self._index += step
             n -= step
+
+    def drain(self) -> None:
+        for _ in self._batches:
+            pass
 
     def take(self, n: int):
         batch = self._batch()

@@ -18,6 +18,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from tfos import feed_codec, topology
+from tfos import messages as m
 from tfos.errors import ClusterFailed, ConfigError, TfosError
 from tfos.feed_plan import plan_epoch
 from tfos.feed_task import FeedSpec, NodeEndpoint, feed_training_partition, infer_partition
@@ -166,9 +167,13 @@ class Feeder:
             # the root cause a moment to arrive, so the error names the node, not the symptom.
             state = self.cluster.state
             with state.changed:
-                state.changed.wait_for(lambda: state.failures or self.terminated.is_set(),
+                state.changed.wait_for(lambda: state.failures or self.terminated.is_set()
+                                       or self._a_worker_exited(),
                                        self.cluster.config.heartbeat_timeout)
             self._raise_if_failed()
+            if self._a_worker_exited():   # it returned without reading all it was sent
+                logger.info("%s stopped: a fed node returned from map_fun", what)
+                self.terminated.set()
             if not self.terminated.is_set():
                 from tfos.cluster import summarize_spark_error
                 raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
@@ -183,9 +188,9 @@ class Feeder:
         if self._job_running.is_set():
             self.cluster.sc.cancelJobGroup(self.job_group)
 
-    def node_exited(self, node_id: int) -> None:
-        if node_id in self.workers():
-            self.cancel()
+    def _a_worker_exited(self) -> bool:
+        nodes = self.cluster.state.nodes
+        return any(nodes[i].state == m.NodeState.EXITED for i in self.workers())
 
     def end_of_data(self) -> None:
         """Tells every worker that each feed it received is over."""
@@ -231,10 +236,11 @@ def _is_dataframe(data) -> bool:
 
 def partition_counts(data) -> list[int]:
     if _is_dataframe(data):
-        rows = data.mapInArrow(_count_arrow, "partition int, rows long").collect()
+        # Counted in the JVM: sending the columns to Python costs as much as feeding them.
+        from pyspark.sql import functions as F
         counts = [0] * data.rdd.getNumPartitions()
-        for row in rows:
-            counts[row["partition"]] += row["rows"]
+        for row in data.groupBy(F.spark_partition_id().alias("p")).count().collect():
+            counts[row["p"]] = row["count"]
         return counts
     return data.mapPartitions(lambda it: [sum(1 for _ in it)]).collect()
 
@@ -242,13 +248,6 @@ def partition_counts(data) -> list[int]:
 def _partition_id() -> int:
     from pyspark import TaskContext
     return TaskContext.get().partitionId()
-
-
-def _count_arrow(batches):
-    import pyarrow as pa
-    total = sum(batch.num_rows for batch in batches)
-    yield pa.record_batch({"partition": pa.array([_partition_id()], pa.int32()),
-                           "rows": pa.array([total], pa.int64())})
 
 
 def _train_rows(spec: FeedSpec, partition: int, rows):

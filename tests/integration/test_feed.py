@@ -218,3 +218,29 @@ def test_dataframe_inference_appends_results_next_to_the_input(spark_local_clust
         cluster.shutdown(timeout=120)
     assert [(r.id, r.name, r.x) for r in rows] == expected
     assert all(r.doubled == 2 * r.x for r in rows)
+
+
+def read_epochs_then_return(args, ctx):
+    """Reads exactly the announced epochs (as Keras fit(epochs=N) does), worker 1 slowly."""
+    feed = ctx.get_data_feed()
+    got = 0
+    for _ in range(args["epochs"]):
+        while (batch := feed.next_columns(16, within_epoch=True)):
+            got += len(batch["1"])
+            if ctx.task_index == 1:
+                time.sleep(0.01)
+    with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.count"), "w") as f:
+        f.write(str(got))
+
+
+def test_a_worker_done_with_its_epochs_does_not_cut_off_the_others(spark_local_cluster_4x1,
+                                                                   tmp_path):
+    rdd, total = uneven_rdd(spark_local_cluster_4x1.sparkContext, [300, 300, 300, 300])
+    args = {"epochs": 2, "out": str(tmp_path)}
+    with tfos.TFCluster.run(spark_local_cluster_4x1, read_epochs_then_return, args,
+                            num_executors=2, input_mode=tfos.InputMode.SPARK,
+                            feed_buffer_bytes=1 << 16, log_stream=None) as cluster:
+        cluster.train(rdd, num_epochs=2)
+        cluster.shutdown(timeout=120)
+    counts = [int(p.read_text()) for p in sorted(tmp_path.glob("*.count"))]
+    assert counts == [total, total]   # 2 epochs x total/2 records each
