@@ -163,13 +163,15 @@ class Feeder:
         finally:
             self._job_running.clear()
         if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
-            # A node that died makes its feeders fail before its exit reaches the driver: give
-            # the root cause a moment to arrive, so the error names the node, not the symptom.
-            state = self.cluster.state
+            # A node that died makes its feeders fail before its exit reaches the driver, and
+            # nodes often end at nearly the same moment (one returns, another fails): give the
+            # exits a grace to arrive so the error names the failed node, not the symptom.
+            state, config = self.cluster.state, self.cluster.config
+            stopped = lambda: state.failures or self.terminated.is_set()  # noqa: E731
             with state.changed:
-                state.changed.wait_for(lambda: state.failures or self.terminated.is_set()
-                                       or self._a_worker_exited(),
-                                       self.cluster.config.heartbeat_timeout)
+                state.changed.wait_for(stopped, config.kill_grace + 2 * config.heartbeat_interval)
+                state.changed.wait_for(lambda: stopped() or self._a_worker_exited(),
+                                       config.heartbeat_timeout)
             self._raise_if_failed()
             if self._a_worker_exited():   # it returned without reading all it was sent
                 logger.info("%s stopped: a fed node returned from map_fun", what)
