@@ -40,7 +40,8 @@ class FeedSpec:
     workers: tuple[NodeEndpoint, ...]    # indexed by worker number in the plan
     secret: bytes
     plan: EpochPlan | None = None        # None: inference
-    chunk_rows: int = 1024
+    chunk_rows: int = 1024               # at most this many rows per message,
+    chunk_bytes: int = 4 << 20           # and about this many bytes (large records: fewer rows)
     timeout: float = 600.0
     arrow: bool = False                  # rows are Arrow record batches (DataFrame input)
 
@@ -95,10 +96,19 @@ class _Connection:
         return f"node {self.endpoint.label} {what}"
 
 
-def _chunks(rows: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(rows)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+class _ChunkSizer:
+    """Rows per message: ``chunk_rows`` at most, fewer when rows are large, so that a message
+    stays near ``chunk_bytes`` (well inside the transport's ring and the node's buffer)."""
+
+    def __init__(self, spec: FeedSpec):
+        self._max_rows = spec.chunk_rows
+        self._max_bytes = spec.chunk_bytes
+        self.rows = 1  # the first message measures the row size
+
+    def update(self, columns: dict[str, np.ndarray], rows: int) -> None:
+        if rows:
+            row_bytes = max(1, sum(c.nbytes for c in columns.values()) // rows)
+            self.rows = max(1, min(self._max_rows, self._max_bytes // row_bytes))
 
 
 def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> int:
@@ -111,6 +121,7 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
     connections: dict[int, _Connection] = {}
     position = 0
     sent = 0
+    sizer = _ChunkSizer(spec)
     for row_range in ranges:
         source.skip(row_range.start - position)
         position = row_range.start
@@ -119,7 +130,8 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
             conn = connections[row_range.worker] = _Connection(spec, row_range.worker, "train")
         remaining = len(row_range)
         while remaining:
-            columns, n = source.take(min(remaining, spec.chunk_rows))
+            columns, n = source.take(min(remaining, sizer.rows))
+            sizer.update(columns, n)
             if n == 0:
                 raise FeedFailed(f"partition {partition} ended at row {position}, before the "
                                  f"{row_range.stop} rows it had when counted: feed deterministic "
@@ -217,8 +229,10 @@ def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[
     reader.start()
     source = _row_source(spec, partition, rows)
     received = 0
+    sizer = _ChunkSizer(spec)
     while True:
-        columns, n = source.take(spec.chunk_rows)
+        columns, n = source.take(sizer.rows)
+        sizer.update(columns, n)
         if n == 0:
             break
         conn.send(columns, n)
