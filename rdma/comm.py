@@ -60,6 +60,11 @@ class Comm(abc.ABC):
     def __init__(self, local_address: str, peer_address: str):
         self._local_address = local_address
         self._peer_address = peer_address
+        # The serialization promised above: one sender, one receiver, one closer at a time.
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
 
     @property
     def local_address(self) -> str:
@@ -86,9 +91,9 @@ class Comm(abc.ABC):
         """Closes the connection (idempotent); the peer's next receive raises CommClosed."""
 
     @property
-    @abc.abstractmethod
     def closed(self) -> bool:
         """True once close() was called or the connection was found broken."""
+        return self._closed
 
     def __enter__(self):
         return self

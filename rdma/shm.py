@@ -28,7 +28,6 @@ import mmap
 import os
 import shutil
 import socket
-import threading
 from dataclasses import dataclass
 
 from rdma import _shm_setup as setup
@@ -84,14 +83,6 @@ class ShmComm(Comm):
         self._rx_view = memoryview(rx_ring)   # read-only: the ring is mapped ACCESS_READ
         self._current: int | None = None      # end of the message recv() handed out
         self._pending: tuple[int, int, int] | None = None   # published, not yet delivered
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
-        self._close_lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def capacities(self) -> tuple[int, int]:

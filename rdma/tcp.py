@@ -21,7 +21,6 @@ import select
 import socket
 import struct
 import termios
-import threading
 import time
 from dataclasses import dataclass
 
@@ -76,14 +75,6 @@ class TcpComm(Comm):
         self._out = self._chan        # where the peer reads our frames (tests write raw bytes)
         self._reader = FrameReader(self._chan, options.max_message)
         self._options = options
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
-        self._close_lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _check_open(self) -> None:
         if self._closed:
