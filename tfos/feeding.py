@@ -83,7 +83,8 @@ class Feeder:
             self._markers[node_id] = conn
         return conn
 
-    def _mark(self, node_id: int, endpoint: NodeEndpoint, kind: str, meta: dict) -> None:
+    def _mark(self, node_id: int, endpoint: NodeEndpoint, kind: str, meta: dict) -> bool:
+        """Sends one marker; False when the node is gone because the nodes stopped consuming."""
         from rdma import comm
         try:
             with self._marker_lock:
@@ -91,11 +92,13 @@ class Feeder:
                 conn.send(feed_codec.encode(kind, meta))
                 reply, reply_meta, _ = feed_codec.decode(conn.recv(timeout=60))
         except comm.CommError as exc:
-            self._raise_if_failed()
+            if self._stopped_consuming():
+                return False
             raise FeedJobFailed(f"cannot send the {kind} marker to node {endpoint.label}: "
                                 f"{exc}") from None
         if reply != "ok":
             raise FeedJobFailed(f"node {endpoint.label} refused the {kind} marker: {reply_meta}")
+        return True
 
     # -- train --------------------------------------------------------------------------------
     def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> None:
@@ -115,9 +118,13 @@ class Feeder:
                 epoch = self._epochs.get(qname, 0)
                 self._epochs[qname] = epoch + 1
             plan = plan_epoch(counts, len(ids), epoch)
-            for node_id, endpoint in zip(ids, endpoints):
-                self._mark(node_id, endpoint, "epoch", {"feed": qname, "epoch": epoch,
-                                                        "per_worker": plan.per_worker})
+            marked = [self._mark(node_id, endpoint, "epoch",
+                                 {"feed": qname, "epoch": epoch, "per_worker": plan.per_worker})
+                      for node_id, endpoint in zip(ids, endpoints)]
+            if not all(marked):
+                logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
+                            qname, epoch)
+                break
             logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
                         plan.per_worker, plan.dropped)
             spec = FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
@@ -163,23 +170,29 @@ class Feeder:
         finally:
             self._job_running.clear()
         if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
-            # A node that died makes its feeders fail before its exit reaches the driver, and
-            # nodes often end at nearly the same moment (one returns, another fails): give the
-            # exits a grace to arrive so the error names the failed node, not the symptom.
-            state, config = self.cluster.state, self.cluster.config
-            stopped = lambda: state.failures or self.terminated.is_set()  # noqa: E731
-            with state.changed:
-                state.changed.wait_for(stopped, config.kill_grace + 2 * config.heartbeat_interval)
-                state.changed.wait_for(lambda: stopped() or self._a_worker_exited(),
-                                       config.heartbeat_timeout)
-            self._raise_if_failed()
-            if self._a_worker_exited():   # it returned without reading all it was sent
-                logger.info("%s stopped: a fed node returned from map_fun", what)
-                self.terminated.set()
-            if not self.terminated.is_set():
+            if not self._stopped_consuming():
                 from tfos.cluster import summarize_spark_error
                 raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
         self._raise_if_failed()
+
+    def _stopped_consuming(self) -> bool:
+        """After the feed broke (a feeder or a marker found its node gone): True when the nodes
+        stopped consuming, and feeding ends quietly; raises when a node failed.
+
+        A node that died makes its connections fail before its exit reaches the driver, and
+        nodes often end at nearly the same moment (one returns, another fails): the exits get
+        a grace to arrive, so the error names the failed node, not the symptom.
+        """
+        state, config = self.cluster.state, self.cluster.config
+        stopped = lambda: state.failures or self.terminated.is_set()  # noqa: E731
+        with state.changed:
+            state.changed.wait_for(stopped, config.kill_grace + 2 * config.heartbeat_interval)
+            state.changed.wait_for(lambda: stopped() or self._a_worker_exited(),
+                                   config.heartbeat_timeout)
+        self._raise_if_failed()
+        if self._a_worker_exited():   # it returned without reading all it was sent
+            self.terminated.set()
+        return self.terminated.is_set()
 
     def cancel(self) -> None:
         """Stops feeding for good: the running feed job is cancelled, later ones not started."""
