@@ -20,7 +20,10 @@ the ring writes before a send ahead of the reads after the matching receive, on 
 architecture (Python has no memory fences), and a dead peer is an end-of-stream at once. The
 ring bookkeeping (rdma.ring) makes credits rare: one per quarter ring, or when the writer is
 blocked and asks (NEED). A full ring blocks the writer: that is the backpressure, bounded by
-``send(timeout=...)``. A message larger than the ring is refused (FrameError with both sizes).
+``send(timeout=...)``. A message larger than the whole ring does not go through shared memory:
+it travels inline on the control socket as a DATA record (one more copy, through the kernel),
+in order with the ring's messages, so a ring sized for the common case never refuses a rare
+large message.
 """
 from __future__ import annotations
 
@@ -82,7 +85,8 @@ class ShmComm(Comm):
         self._tx_view = memoryview(tx_ring)
         self._rx_view = memoryview(rx_ring)   # read-only: the ring is mapped ACCESS_READ
         self._current: int | None = None      # end of the message recv() handed out
-        self._pending: tuple[int, int, int] | None = None   # published, not yet delivered
+        # Published, not yet delivered: (start, size, end) in the ring, or a spilled message.
+        self._pending: tuple[int, int, int] | memoryview | None = None
 
     @property
     def capacities(self) -> tuple[int, int]:
@@ -108,11 +112,10 @@ class ShmComm(Comm):
         with self._send_lock:
             if self._closed or self._tx.broken:
                 self._check_open(self._tx)
-            try:
-                start, end, needed = self._writer.reserve(total)
-            except FrameError as error:
-                raise FrameError(f"{error} of {self.peer_address}: send smaller messages, or "
-                                 "give the receiving side a larger capacity") from None
+            if total > self._writer.capacity:
+                self._tx.send([framing.pack_data(total), *views], deadline, "sending to")
+                return
+            start, end, needed = self._writer.reserve(total)
             if self._writer.tail < needed:
                 self._wait_for_room(needed, deadline)
             offset = start % self._writer.capacity
@@ -159,8 +162,11 @@ class ShmComm(Comm):
         with self._recv_lock:
             self._check_open(self._rx)
             self._release_current(deadline)
-            start, size, end = self._next_message(deadline)
-            self._pending, self._current = None, end
+            message = self._next_message(deadline)
+            self._pending = None
+            if isinstance(message, memoryview):
+                return message
+            start, size, self._current = message
             offset = start % self._reader.capacity
             return self._rx_view[offset:offset + size]
 
@@ -170,23 +176,36 @@ class ShmComm(Comm):
         with self._recv_lock:
             self._check_open(self._rx)
             self._release_current(deadline)
-            start, size, end = self._next_message(deadline)
+            message = self._next_message(deadline)
+            size = len(message) if isinstance(message, memoryview) else message[1]
             if size > len(target):
                 raise FrameError(f"message of {size} bytes from {self.peer_address} does not "
                                  f"fit the buffer of {len(target)} bytes; it stays queued for "
                                  "recv()")
+            if isinstance(message, memoryview):
+                target[:size] = message
+                self._pending = None
+                return size
+            start, size, end = message
             offset = start % self._reader.capacity
             target[:size] = self._rx_view[offset:offset + size]
             self._pending, self._current = None, end
             self._release_current(deadline)
             return size
 
-    def _next_message(self, deadline: Deadline) -> tuple[int, int, int]:
-        if self._pending:
+    def _next_message(self, deadline: Deadline) -> tuple[int, int, int] | memoryview:
+        if self._pending is not None:
             return self._pending
         try:
             while True:
                 header = self._records.peek_header(deadline, "receiving from")
+                if header.kind is framing.Kind.DATA:
+                    if header.length <= self._reader.capacity:
+                        raise FrameError(f"inline message of {header.length} bytes would have "
+                                         f"fit the ring of {self._reader.capacity} bytes")
+                    self._pending = self._records.take_payload(header.length, deadline,
+                                                               "receiving from")
+                    return self._pending
                 self._records.skip_header()
                 if header.kind is framing.Kind.RING:
                     start, end = self._reader.publish(header.length)

@@ -22,6 +22,12 @@ _ALLOWED_KINDS = frozenset("biufcSU")
 _ZEROS = bytes(ALIGN)
 
 
+def max_message(buffer_bytes: int) -> int:
+    """Largest message on a feed connection: any chunk a feed buffer of ``buffer_bytes`` takes,
+    plus its header (so an oversized record meets the node's clear refusal, not the
+    transport's size limit)."""
+    return max(256 << 20, buffer_bytes + (1 << 20))
+
 def _pad(n: int) -> int:
     return -n % ALIGN
 

@@ -40,6 +40,7 @@ class _Epoch:
     expected: int | None = None   # announced by the driver
     received: int = 0
     consumed: int = 0
+    cut: bool = False             # the driver's feed job failed: the epoch ends with what came
     chunks: collections.deque = field(default_factory=collections.deque)
 
 
@@ -73,9 +74,11 @@ class FeedQueue:
                     raise FeedError(f"feed {self.name!r}: the node consumed nothing for "
                                     f"{timeout:.0f}s while its buffer was full")
                 self._cond.wait(remaining)
-            if self._terminated:
-                return
+            if self._terminated or chunk.epoch < self._current:
+                return    # a straggler of an epoch that already ended: dropped
             epoch = self._epochs[chunk.epoch]
+            if epoch.cut:
+                return
             epoch.chunks.append(chunk)
             epoch.received += chunk.rows
             self._buffered += chunk.nbytes
@@ -84,6 +87,17 @@ class FeedQueue:
     def announce_epoch(self, epoch: int, expected: int) -> None:
         with self._cond:
             self._epochs[epoch].expected = expected
+            self._cond.notify_all()
+
+    def cut_epoch(self, number: int) -> None:
+        """The feed job of epoch ``number`` failed: the epoch ends with the records received so
+        far, and any that still arrive for it are dropped."""
+        with self._cond:
+            if number < self._current:
+                return
+            epoch = self._epochs[number]
+            epoch.cut = True
+            epoch.expected = epoch.received
             self._cond.notify_all()
 
     def end_of_data(self, last_epoch: int) -> None:

@@ -10,7 +10,8 @@ A connection opens with a ``hello`` message saying who speaks:
   messages of columns, then ``end``. In inference mode the results of each batch's rows go back
   on the same connection as ``results`` messages, in order.
 - the driver: ``hello {role: driver}``, then ``epoch {feed, epoch, per_worker}`` before each
-  epoch and ``end_of_data {feed, last_epoch}`` at the end.
+  epoch, ``cut {feed, epoch}`` when an epoch's feed job failed (the epoch ends with what
+  arrived), and ``end_of_data {feed, last_epoch}`` at the end.
 
 A batch the node cannot take (malformed, larger than the buffer) is answered with an ``error``
 message that the feeder raises, so the Spark task fails with the node's reason.
@@ -27,6 +28,15 @@ from tfos.feed_queue import Chunk, FeedError, FeedQueue
 logger = logging.getLogger(__name__)
 
 
+def shm_ring_bytes(buffer_bytes: int) -> int:
+    """The shared-memory ring of each same-host feeder connection: a quarter of the feed
+    buffer, within [16 MiB, 64 MiB]. The node's feed memory is thus at most
+    ``feed_buffer_bytes`` (queued chunks) plus one ring per concurrent same-host feeder (one
+    per feed task slot); a message larger than the ring still goes through, inline on the
+    ring's socket."""
+    return min(64 << 20, max(16 << 20, buffer_bytes // 4))
+
+
 class FeedServer:
     def __init__(self, uris: list[str], secret: bytes, buffer_bytes: int,
                  put_timeout: float | None = None):
@@ -38,7 +48,12 @@ class FeedServer:
         self._queues: dict[str, FeedQueue] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._listeners = [comm.listen(uri, secret=secret) for uri in uris]
+        limit = feed_codec.max_message(buffer_bytes)
+        self._listeners = [
+            comm.listen(uri, secret=secret, max_message=limit,
+                        **({"capacity": shm_ring_bytes(buffer_bytes)}
+                           if uri.startswith("shm://") else {}))
+            for uri in uris]
         self.addresses = [listener.address for listener in self._listeners]
         for listener in self._listeners:
             threading.Thread(target=self._accept, args=(listener,), daemon=True,
@@ -94,6 +109,8 @@ class FeedServer:
             kind, meta, _ = feed_codec.decode(conn.recv())
             if kind == "epoch":
                 self.queue(meta["feed"]).announce_epoch(int(meta["epoch"]), int(meta["per_worker"]))
+            elif kind == "cut":
+                self.queue(meta["feed"]).cut_epoch(int(meta["epoch"]))
             elif kind == "end_of_data":
                 self.queue(meta["feed"]).end_of_data(int(meta["last_epoch"]))
             else:

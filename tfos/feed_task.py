@@ -44,6 +44,8 @@ class FeedSpec:
     chunk_bytes: int = 4 << 20           # and about this many bytes (large records: fewer rows)
     timeout: float = 600.0
     arrow: bool = False                  # rows are Arrow record batches (DataFrame input)
+    buffer_bytes: int = 256 << 20        # each node's feed buffer (ClusterConfig.feed_buffer_bytes)
+
 
 
 def choose_uri(endpoint: NodeEndpoint) -> str:
@@ -67,14 +69,25 @@ class _Connection:
         self.endpoint = spec.workers[worker]
         uri = choose_uri(self.endpoint)
         try:
-            self.comm = comm.connect(uri, secret=spec.secret, timeout=spec.timeout)
+            self.comm = comm.connect(uri, secret=spec.secret, timeout=spec.timeout,
+                                     max_message=feed_codec.max_message(spec.buffer_bytes),
+                                     **_RESULT_RING if uri.startswith("shm://") else {})
         except comm.CommError as exc:
             raise FeedFailed(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
         self.comm.send(feed_codec.encode("hello", {"role": "feeder", "feed": spec.feed,
                                                    "epoch": spec.epoch, "mode": mode}))
         self.sent = 0
+        self._buffer_bytes = spec.buffer_bytes
 
-    def send(self, columns: dict[str, np.ndarray], rows: int) -> None:
+    def send(self, columns: dict[str, np.ndarray], rows: int, partition: int,
+             first_row: int) -> None:
+        nbytes = sum(c.nbytes for c in columns.values())
+        if nbytes > self._buffer_bytes:
+            what = f"row {first_row}" if rows == 1 else f"rows {first_row}-{first_row + rows - 1}"
+            raise FeedFailed(f"partition {partition}, {what}: {nbytes} bytes, more than the feed "
+                             f"buffer of node {self.endpoint.label} ({self._buffer_bytes} bytes): "
+                             "raise feed_buffer_bytes (TFCluster.run(..., "
+                             "feed_buffer_bytes=...)) or feed smaller records")
         try:
             self.comm.send(feed_codec.encode("batch", {"rows": rows}, columns))
         except self._comm_mod.CommError as exc:
@@ -96,13 +109,18 @@ class _Connection:
         return f"node {self.endpoint.label} {what}"
 
 
+# A training feeder receives only short replies; an inference feeder receives result chunks.
+_RESULT_RING = {"capacity": 16 << 20}
+
+
 class _ChunkSizer:
     """Rows per message: ``chunk_rows`` at most, fewer when rows are large, so that a message
-    stays near ``chunk_bytes`` (well inside the transport's ring and the node's buffer)."""
+    stays near ``chunk_bytes`` and within a quarter of the node's buffer (well inside the
+    transport's ring and the buffer, so several are in flight)."""
 
     def __init__(self, spec: FeedSpec):
         self._max_rows = spec.chunk_rows
-        self._max_bytes = spec.chunk_bytes
+        self._max_bytes = max(1, min(spec.chunk_bytes, spec.buffer_bytes // 4))
         self.rows = 1  # the first message measures the row size
 
     def update(self, columns: dict[str, np.ndarray], rows: int) -> None:
@@ -136,7 +154,7 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
                 raise FeedFailed(f"partition {partition} ended at row {position}, before the "
                                  f"{row_range.stop} rows it had when counted: feed deterministic "
                                  "data (cache it, or fix the seed of any sampling)")
-            conn.send(columns, n)
+            conn.send(columns, n, partition, position)
             remaining -= n
             position += n
             sent += n
@@ -235,7 +253,7 @@ def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[
         sizer.update(columns, n)
         if n == 0:
             break
-        conn.send(columns, n)
+        conn.send(columns, n, partition, conn.sent)
         # Hand results on as they come, so neither they nor the rows waiting for them pile up.
         while not results.empty():
             received += yield from _yield_result(results.get_nowait())

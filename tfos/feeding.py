@@ -128,9 +128,23 @@ class Feeder:
             logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
                         plan.per_worker, plan.dropped)
             spec = FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
-                            arrow=arrow)
-            self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+                            arrow=arrow, buffer_bytes=self.cluster.config.feed_buffer_bytes)
+            try:
+                self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+            except FeedJobFailed:
+                self._cut(qname, epoch, ids, endpoints)
+                raise
         self._raise_if_failed()
+
+    def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:
+        """After a failed feed job: each worker's epoch ends with what it received, so the
+        nodes are not left waiting for records that will never come."""
+        for node_id, endpoint in zip(ids, endpoints):
+            try:
+                self._mark(node_id, endpoint, "cut", {"feed": qname, "epoch": epoch})
+            except (FeedJobFailed, ClusterFailed) as exc:
+                logger.info("could not cut epoch %d of feed %r on %s: %s", epoch, qname,
+                            endpoint.label, exc)
 
     def _partition_counts(self, data) -> list[int]:
         known = self._counts.get(id(data))
@@ -231,7 +245,8 @@ class Feeder:
         with self._lock:
             self._epochs.setdefault(qname, 1)   # one unannounced epoch, closed by end_of_data
         spec = FeedSpec(qname, 0, endpoints, self._secret, None, timeout=feed_timeout,
-                        arrow=_is_dataframe(data))
+                        arrow=_is_dataframe(data),
+                        buffer_bytes=self.cluster.config.feed_buffer_bytes)
         if _is_dataframe(data):
             if output_schema is None:
                 raise ConfigError("inference on a DataFrame needs output_schema (the result "

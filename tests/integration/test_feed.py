@@ -244,3 +244,26 @@ def test_a_worker_done_with_its_epochs_does_not_cut_off_the_others(spark_local_c
         cluster.shutdown(timeout=120)
     counts = [int(p.read_text()) for p in sorted(tmp_path.glob("*.count"))]
     assert counts == [total, total]   # 2 epochs x total/2 records each
+
+
+def drain(args, ctx):
+    feed = ctx.get_data_feed()
+    while not feed.should_stop():
+        feed.next_batch(64)
+
+
+def test_a_record_larger_than_the_feed_buffer_fails_train_clearly(spark_local_cluster_4x1):
+    sc = spark_local_cluster_4x1.sparkContext
+    small = [(np.zeros(1 << 19, np.float32)[:4], i) for i in range(10)]
+    big = [(np.zeros(1 << 19, np.float32), i) for i in (98, 99)]   # 2 MiB each; 12 rows: none
+    # is the equalisation remainder
+    rdd = sc.parallelize([small, big], 2).flatMap(lambda part: part)
+    cluster = tfos.TFCluster.run(spark_local_cluster_4x1, drain, {}, num_executors=2,
+                                 input_mode=tfos.InputMode.SPARK, feed_buffer_bytes=1 << 20,
+                                 log_stream=None)
+    with pytest.raises(tfos.TfosError, match=r"partition 1, row [01]: 2097\d+ bytes, more than the "
+                                             r"feed buffer of node (chief|worker):\d@127.0.0.1 "
+                                             r"\(1048576 bytes\)"):
+        cluster.train(rdd, num_epochs=1, feed_timeout=60)
+    # The failed epoch was cut where it stopped: the nodes are not left waiting for the rest.
+    cluster.shutdown(timeout=60)

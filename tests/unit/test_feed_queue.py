@@ -93,3 +93,21 @@ def test_terminate_releases_a_blocked_producer_and_ends_the_feed():
     blocked.join(5)
     assert not blocked.is_alive()
     assert q.take(1, within_epoch=True) is None and q.done
+
+
+def test_a_cut_epoch_ends_with_what_arrived_and_drops_stragglers():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 10)
+    q.put(chunk(0, 3, 0))
+    q.cut_epoch(0)                   # its feed job failed after 3 of 10 records
+    q.put(chunk(0, 2, 3))            # a feeder that was still sending: dropped
+    q.announce_epoch(1, 2)
+    q.put(chunk(1, 2, 100))
+    q.end_of_data(1)
+    assert rows_of(q.take(5, within_epoch=True)) == [0, 1, 2]
+    assert q.take(5, within_epoch=True) == []
+    assert rows_of(q.take(5, within_epoch=True)) == [100, 101]
+    assert q.take(5, within_epoch=True) == []
+    assert q.take(5, within_epoch=True) is None
+    q.put(chunk(0, 1, 7))            # and one of an epoch long over takes no buffer
+    assert q.take(5, within_epoch=True) is None

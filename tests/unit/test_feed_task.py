@@ -7,7 +7,7 @@ import pytest
 from tfos.data_feed import DataFeed
 from tfos.feed_plan import plan_epoch
 from tfos.feed_server import FeedServer
-from tfos.feed_task import FeedSpec, NodeEndpoint, feed_training_partition
+from tfos.feed_task import FeedFailed, FeedSpec, NodeEndpoint, feed_training_partition
 
 SECRET = b"s" * 32
 
@@ -51,3 +51,54 @@ def test_small_records_still_travel_in_full_chunks(node):
                                              for i in range(5000))) == 5000
     chunks = server.queue("input").take(5000, within_epoch=True, timeout=10)
     assert [stop - start for _, start, stop in chunks][:3] == [1, 1024, 1024]
+
+
+def test_a_record_larger_than_the_ring_still_goes_through(node):
+    server, endpoint = node   # 32 MiB buffer: a 16 MiB shm ring
+    rows = 3
+    plan = plan_epoch([rows], 1)
+    server.queue("input").announce_epoch(0, rows)
+    received = []
+    reader = threading.Thread(target=consume, args=(server, received), daemon=True)
+    reader.start()
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=32 << 20)
+    data = ((np.full(5 << 20, i, np.float32), i) for i in range(rows))   # 20 MiB each
+    assert feed_training_partition(spec, 0, data) == rows
+    reader.join(60)
+    assert received == list(range(rows))
+
+
+def test_a_record_larger_than_the_buffer_fails_naming_partition_row_and_sizes(node):
+    server, endpoint = node
+    plan = plan_epoch([0, 3], 1)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=32 << 20)
+    data = [(np.zeros(9 << 20, np.float32), i) for i in range(3)]     # 36 MiB each
+    with pytest.raises(FeedFailed, match=r"partition 1, row 0: 37748\d+ bytes, more than the "
+                                         r"feed buffer of node worker:0@127.0.0.1 \(33554432 "
+                                         r"bytes\): raise feed_buffer_bytes"):
+        feed_training_partition(spec, 1, data)
+    # The node keeps serving the next feeder.
+    server.queue("input").announce_epoch(0, 2)
+    assert feed_training_partition(
+        FeedSpec("input", 0, (endpoint,), SECRET, plan_epoch([2], 1), timeout=60,
+                 buffer_bytes=32 << 20), 0, [(np.zeros(4, np.float32), i) for i in range(2)]) == 2
+
+
+def test_messages_stay_within_a_small_buffer(tmp_path):
+    buffer = 1 << 20   # 1 MiB: the default 4 MiB messages would not fit
+    server = FeedServer(["tcp://127.0.0.1:0"], SECRET, buffer_bytes=buffer)
+    try:
+        endpoint = NodeEndpoint("worker:0@127.0.0.1", tuple(server.addresses))
+        rows = 5000
+        plan = plan_epoch([rows], 1)
+        server.queue("input").announce_epoch(0, rows)
+        received = []
+        reader = threading.Thread(target=consume, args=(server, received), daemon=True)
+        reader.start()
+        spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=buffer)
+        data = ((np.zeros(256, np.float32), i) for i in range(rows))   # ~1 KiB each
+        assert feed_training_partition(spec, 0, data) == rows
+        reader.join(60)
+        assert received == list(range(rows))
+    finally:
+        server.close()
