@@ -85,7 +85,11 @@ class NodeContext:
         info = self._feed_info
         self._feed_server = FeedServer([f"tcp://{info['host']}:0", f"shm://{info['shm_path']}"],
                                        secret, info["buffer_bytes"])
-        self._notify("feed " + json.dumps(self._feed_server.addresses))
+        # A shm:// address says which host it serves, for feeders to tell (tfos.feed_task).
+        from rdma.shm import host_key
+        addresses = [f"{a}#{host_key()}" if a.startswith("shm://") else a
+                     for a in self._feed_server.addresses]
+        self._notify("feed " + json.dumps(addresses))
 
     def get_data_feed(self, train_mode: bool = True, qname_in: str = "input",
                       qname_out: str = "output", input_mapping: dict | None = None,

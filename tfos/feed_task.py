@@ -49,10 +49,14 @@ class FeedSpec:
 
 
 def choose_uri(endpoint: NodeEndpoint) -> str:
-    """Shared memory when the node's socket exists on this host, else its TCP address."""
+    """Shared memory when the node is on this host (its ``shm://`` address carries the node's
+    ``#host-key``) and its socket exists here, else its TCP address."""
+    from rdma.shm import host_key
     for uri in endpoint.uris:
-        if uri.startswith("shm://") and os.path.exists(uri[len("shm://"):]):
-            return uri
+        if uri.startswith("shm://"):
+            path, _, key = uri[len("shm://"):].partition("#")
+            if key == host_key() and os.path.exists(path):
+                return f"shm://{path}"
     for uri in endpoint.uris:
         if uri.startswith("tcp://"):
             return uri

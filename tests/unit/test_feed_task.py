@@ -7,7 +7,9 @@ import pytest
 from tfos.data_feed import DataFeed
 from tfos.feed_plan import plan_epoch
 from tfos.feed_server import FeedServer
-from tfos.feed_task import FeedFailed, FeedSpec, NodeEndpoint, feed_training_partition
+from rdma.shm import host_key
+from tfos.feed_task import (FeedFailed, FeedSpec, NodeEndpoint, choose_uri,
+                            feed_training_partition)
 
 SECRET = b"s" * 32
 
@@ -16,7 +18,8 @@ SECRET = b"s" * 32
 def node(request, tmp_path):
     server = FeedServer(["tcp://127.0.0.1:0", f"shm://{tmp_path}/feed.sock"], SECRET,
                         buffer_bytes=32 << 20)
-    uris = tuple(u for u in server.addresses if u.startswith(request.param))
+    uris = tuple(f"{u}#{host_key()}" if u.startswith("shm://") else u
+                 for u in server.addresses if u.startswith(request.param))
     yield server, NodeEndpoint("worker:0@127.0.0.1", uris)
     server.close()
 
@@ -102,3 +105,20 @@ def test_messages_stay_within_a_small_buffer(tmp_path):
         assert received == list(range(rows))
     finally:
         server.close()
+
+
+def test_shared_memory_only_for_a_node_on_this_host(tmp_path):
+    sock = tmp_path / "feed.sock"
+    sock.touch()
+    tcp = "tcp://10.0.0.2:4000"
+
+    def chosen(key, path=sock):
+        return choose_uri(NodeEndpoint("worker:0@h", (f"shm://{path}#{key}", tcp)))
+
+    assert chosen(host_key()) == f"shm://{sock}"
+    # Another network namespace or kernel: the path may exist here (shared filesystem) but the
+    # node is on another host.
+    assert chosen("other-boot.4026531840") == tcp
+    assert chosen(host_key(), tmp_path / "gone.sock") == tcp
+    with pytest.raises(FeedFailed, match="no feed address reachable"):
+        choose_uri(NodeEndpoint("worker:0@h", (f"shm://{sock}#elsewhere",)))
