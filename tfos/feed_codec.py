@@ -9,6 +9,7 @@ the message's real size and accepts only plain numeric, boolean and fixed-width 
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -19,6 +20,11 @@ ALIGN = 64
 MAX_HEADER_BYTES = 1 << 16
 _LEN = struct.Struct("<I")
 _ALLOWED_KINDS = frozenset("biufcSU")
+# The only dtype spelling taken from the wire: the form ``ndarray.dtype.str`` writes ("<f4",
+# "|b1", "|S5"); numpy never parses anything else (aliases, structured or subarray dtypes).
+_DTYPE_STR = re.compile(r"[<>|]([a-zA-Z])[0-9]{0,9}")
+# numpy's own limit is 64 dimensions; a feed column never needs more than a few.
+MAX_DIMS = 32
 _ZEROS = bytes(ALIGN)
 
 
@@ -81,6 +87,8 @@ def decode(message) -> tuple[str, dict, dict[str, np.ndarray]]:
     columns = {}
     for spec in header["columns"]:
         name, array = _column(spec, body)
+        if name in columns:
+            raise ProtocolError(f"column {name!r} appears twice in one feed message")
         columns[name] = array
     return header["kind"], header["meta"], columns
 
@@ -90,10 +98,15 @@ def _column(spec, body: memoryview) -> tuple[str, np.ndarray]:
         raise ProtocolError(f"bad column description {spec!r}")
     name, shape, offset, nbytes = spec["name"], spec["shape"], spec["offset"], spec["nbytes"]
     if (not isinstance(name, str) or not isinstance(spec["dtype"], str)
-            or not isinstance(shape, list)
+            or not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(type(d) is int and d >= 0 for d in shape)
             or type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0):
         raise ProtocolError(f"bad column description {spec!r}")
+    match = _DTYPE_STR.fullmatch(spec["dtype"])
+    if match is None:
+        raise ProtocolError(f"column {name!r}: unknown dtype {spec['dtype'][:40]!r}")
+    if match.group(1) not in _ALLOWED_KINDS:
+        _refuse_dtype(spec["dtype"], name)
     try:
         dtype = np.dtype(spec["dtype"])
     except (TypeError, ValueError):
@@ -111,6 +124,12 @@ def _column(spec, body: memoryview) -> tuple[str, np.ndarray]:
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
-    if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None:
-        raise ProtocolError(f"column {name!r} has dtype {dtype} which the feed cannot carry: "
-                            "use numeric, bool or fixed-width string columns")
+    if (dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None
+            or dtype.itemsize == 0):
+        _refuse_dtype(dtype, name)
+
+
+def _refuse_dtype(dtype, name: str) -> None:
+    raise ProtocolError(f"column {name!r} has dtype {dtype} which the feed cannot carry: "
+                        "use numeric, bool or fixed-width string columns (of at least one "
+                        "character)")
