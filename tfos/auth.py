@@ -54,15 +54,22 @@ class Verifier:
         self._lock = threading.Lock()
 
     def verify(self, method: str, body: bytes, metadata) -> None:
+        """Returns if ``metadata`` signs (method, body) freshly; AuthenticationError otherwise,
+        whatever the metadata holds."""
         meta = {k: v for k, v in metadata if k in (TS_KEY, NONCE_KEY, SIG_KEY)}
         if len(meta) != 3:
             raise AuthenticationError(f"{method}: request is not signed")
         ts, nonce, sig = meta[TS_KEY], meta[NONCE_KEY], meta[SIG_KEY]
+        # Only what sign() writes can verify: decimal milliseconds, a hex nonce, a hex digest.
+        # Checking the form first keeps odd values (non-ASCII, huge, not text) out of the MAC.
+        if not (_form(ts, _TS_DIGITS, "0123456789") and _form(nonce, _NONCE_HEX, _HEX)
+                and _form(sig, _SIG_HEX, _HEX)):
+            raise AuthenticationError(f"{method}: malformed signature metadata")
         expected = _digest(self._secret, method, ts, nonce, body)
-        if not isinstance(sig, str) or not hmac.compare_digest(sig, expected):
+        if not hmac.compare_digest(sig, expected):
             raise AuthenticationError(f"{method}: bad signature (wrong cluster secret?)")
         now_ms = int(self._clock() * 1000)
-        if not ts.isdigit() or abs(now_ms - int(ts)) > self._window_ms:
+        if abs(now_ms - int(ts)) > self._window_ms:
             raise AuthenticationError(f"{method}: timestamp outside the freshness window "
                                       "(clock skew between driver and executor?)")
         with self._lock:
@@ -72,3 +79,14 @@ class Verifier:
                 raise AuthenticationError(f"{method}: replayed request")
             self._seen.add(nonce)
             self._arrivals.append((now_ms, nonce))
+
+
+_HEX = "0123456789abcdef"
+_TS_DIGITS = range(1, 20)
+_NONCE_HEX = range(32, 33)
+_SIG_HEX = range(64, 65)
+
+
+def _form(value, lengths: range, alphabet: str) -> bool:
+    return (isinstance(value, str) and len(value) in lengths
+            and all(c in alphabet for c in value))
