@@ -167,4 +167,9 @@ def _from_json(value, hint, where: str):
     # bool is a subclass of int: a JSON true must not pass as an int field.
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ProtocolError(f"{where} must be {hint.__name__}, got {type(value).__name__}")
+    if hint is str and not value.isascii():
+        try:    # JSON's \ud800 escapes decode to lone surrogates, which no stream can write
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{where} is not valid Unicode (a lone surrogate)") from None
     return value

@@ -114,6 +114,10 @@ REGISTER = body_of(SAMPLES[0])
     (b"", m.Ack, "not UTF-8 JSON"),
     (b'{"v": 1, "type": "Ack", "body": {"ok": "\xff"}}', m.Ack, "not UTF-8 JSON"),
     (b"\xfe\xff\x00{", m.Ack, "not UTF-8 JSON"),
+    (wire("LogLines", {"node_id": 0, "lines": ["ok", "\ud800"]}), m.LogLines,
+     "LogLines.lines[] is not valid Unicode"),
+    (wire("ServiceUrl", {"node_id": 0, "name": "x\udfff", "url": ""}), m.ServiceUrl,
+     "ServiceUrl.name is not valid Unicode"),
 ])
 def test_decode_rejects(data, expected, fragment):
     with pytest.raises(ProtocolError) as info:
