@@ -38,6 +38,9 @@ py=$venv/bin/python
 base=$root/.spark-work/standalone
 state=$base/cluster.env
 ident=tfos
+prog=spark_standalone.sh
+# shellcheck source=scripts/spark_lib.sh
+. "$root/scripts/spark_lib.sh"
 master_class=org.apache.spark.deploy.master.Master
 worker_class=org.apache.spark.deploy.worker.Worker
 
@@ -75,39 +78,13 @@ exec 9>"$base/.lock"
 flock -w 120 9 || die "another scripts/spark_standalone.sh call holds $base/.lock for over 120 s"
 
 # The environment every Spark launch script below runs in.
-setup_env() {
-  SPARK_HOME=$("$root/scripts/spark_home.sh")
-  export SPARK_HOME
-  export SPARK_CONF_DIR=$SPARK_HOME/conf
-  export SPARK_LOCAL_IP=$host SPARK_MASTER_HOST=$host
-  export SPARK_LOG_DIR=$base/logs SPARK_PID_DIR=$base/pids SPARK_IDENT_STRING=$ident
-  export PYSPARK_PYTHON=$py
-  # Daemon logs at INFO (the conf dir's log4j2.properties keeps drivers/executors at WARN).
-  # Master, worker and spark-class's launcher JVM do little work: C1 only and the serial GC
-  # start them faster and smaller (on a loaded 2-core machine start took 10-12 s instead of
-  # 13-31 s). Executors are launched by the worker with the driver's options, not these; the
-  # caller's SPARK_DAEMON_JAVA_OPTS / SPARK_LAUNCHER_OPTS come last and so win.
-  local fast="-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-  export SPARK_DAEMON_JAVA_OPTS="$fast -Dlog4j2.configurationFile=file:$SPARK_CONF_DIR/log4j2-daemon.properties ${SPARK_DAEMON_JAVA_OPTS:-}"
-  export SPARK_LAUNCHER_OPTS="$fast ${SPARK_LAUNCHER_OPTS:-}"
-  # Spark quietly moves to port+1 (up to 16 times) when a port is taken: the master URL printed
-  # would then be wrong. maxRetries=0 makes a daemon whose port is taken die, which the wait
-  # below reports. The master's REST submission server (on by default, fixed port 6066,
-  # unauthenticated) is turned off: a second cluster on the machine would collide on it.
-  export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.port.maxRetries=0 -Dspark.master.rest.enabled=false"
-  export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.port.maxRetries=0"
-  unset SPARK_NO_DAEMONIZE SPARK_ENV_LOADED SPARK_MASTER
-}
+setup_env() { spark_daemon_env "$host" "$base" "$ident"; }
 
 elapsed() { awk -v a="$start_ts" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}'; }
 pid_file() { echo "$base/pids/spark-$ident-$1-$2.pid"; }   # class, instance
 log_file() { echo "$base/logs/spark-$ident-$1-$2-${HOSTNAME:-$(hostname)}.out"; }
 
-# is_ours PID PATTERN: PID is alive and its command line contains PATTERN.
-is_ours() {
-  local pid=$1 pat=$2
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pat"
-}
+is_ours() { spark_is_ours "$@"; }
 
 # Processes of the cluster described in $state (master, workers, executors JVMs, found by
 # command line so that daemons whose pid file is gone are found too; executors' Python workers,
@@ -131,78 +108,12 @@ cluster_pids() {
 }
 
 # master_json: the master's /json/ page on stdout, or fail.
-master_json() { curl -fsS --max-time 3 "http://$MASTER_HOST:$MASTER_WEBUI_PORT/json/"; }
+master_json() { curl -fsS --noproxy '*' --max-time 3 "http://$MASTER_HOST:$MASTER_WEBUI_PORT/json/"; }
 
-# wait_gone DEADLINE_S PID...: wait until none of the PIDs is alive. Bounded by the deadline.
-wait_gone() {
-  "$py" - "$@" <<'EOF'
-import os, sys, time
-deadline = time.monotonic() + float(sys.argv[1])
-pids = [int(p) for p in sys.argv[2:]]
-def alive(p):
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-while time.monotonic() < deadline:
-    pids = [p for p in pids if alive(p)]
-    if not pids:
-        sys.exit(0)
-    time.sleep(0.2)
-sys.exit(1)
-EOF
-}
+wait_gone() { spark_wait_gone "$@"; }   # SECONDS PID...
 
-# wait_up WANT DEADLINE PIDFILE...: bounded wait (until the epoch time DEADLINE) polling the
-# master's JSON until WANT workers are ALIVE (WANT=-1: until the master answers). Gives up early
-# when a daemon of the pid files (the master's first, then the workers') has died; a pid file is
-# read once spark-daemon.sh has written it. Exit 0 ok, 3 master died, 4 a worker died (prints the
-# worker numbers), 5 master not answering by the deadline, 6 too few workers by the deadline,
-# 7 the web UI port is another master's.
-wait_up() {
-  "$py" - "$MASTER_HOST" "$MASTER_PORT" "$MASTER_WEBUI_PORT" "$@" <<'EOF'
-import json, sys, time, urllib.request
-host, port, ui = sys.argv[1:4]
-want, deadline, pidfiles = int(sys.argv[4]), float(sys.argv[5]), sys.argv[6:]
-def alive(pidfile):
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return True  # not written yet
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-answered, n = False, 0
-while True:
-    dead = [i for i, p in enumerate(pidfiles) if not alive(p)]
-    if 0 in dead:
-        sys.exit(3)
-    if dead:
-        print("spark_standalone.sh: dead workers:", *dead, file=sys.stderr)
-        sys.exit(4)
-    try:
-        with urllib.request.urlopen(f"http://{host}:{ui}/json/", timeout=2) as r:
-            d = json.load(r)
-        answered = True
-        if d.get("url") != f"spark://{host}:{port}":
-            print(f"spark_standalone.sh: the web UI on port {ui} belongs to {d.get('url')}", file=sys.stderr)
-            sys.exit(7)
-        n = sum(1 for w in d.get("workers", []) if w.get("state") == "ALIVE")
-        if n >= want:
-            sys.exit(0)
-    except (OSError, ValueError):
-        pass
-    if time.time() > deadline:
-        if answered:
-            print(f"spark_standalone.sh: {n} of {want} workers ALIVE", file=sys.stderr)
-        sys.exit(6 if answered else 5)
-    time.sleep(0.2)
-EOF
-}
+# wait_up WANT DEADLINE PIDFILE...: this cluster's master, see spark_wait_up in spark_lib.sh.
+wait_up() { spark_wait_up "$MASTER_HOST" "$MASTER_PORT" "$MASTER_WEBUI_PORT" "$@"; }
 
 do_stop() {
   local t=${timeout:-15} pids pid f cls have_state=0
@@ -286,17 +197,8 @@ do_start() {
   # Free ports, all chosen at once so that they are distinct: master, master web UI, then a
   # port and a web UI port per worker. (Another process could take one before Spark binds it;
   # the wait below then fails naming the log that says so.)
-  ports=($("$py" - "$host" $((2 + 2 * workers)) "$port" "$webui_port" <<'EOF'
-import socket, sys
-host, n, fixed = sys.argv[1], int(sys.argv[2]), [int(p) for p in sys.argv[3:5]]
-socks, out = [], []
-for i in range(n):
-    if i < 2 and fixed[i]:
-        out.append(fixed[i]); continue
-    s = socket.socket(); s.bind((host, 0)); socks.append(s); out.append(s.getsockname()[1])
-print(*out)
-EOF
-  )) || die "cannot pick free ports on $host (is --host an address of this machine?)"
+  ports=($(spark_free_ports "$host" $((2 + 2 * workers)) "$port" "$webui_port")) \
+    || die "cannot pick free ports on $host (is --host an address of this machine?)"
   MASTER_HOST=$host MASTER_PORT=${ports[0]} MASTER_WEBUI_PORT=${ports[1]}
   MASTER_URL=spark://$MASTER_HOST:$MASTER_PORT WORKERS=$workers
   MASTER_LOG=$(log_file "$master_class" 1)
