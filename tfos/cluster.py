@@ -9,6 +9,7 @@ A node failure stops the whole cluster within seconds and is raised, root cause 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -42,6 +43,7 @@ class TFCluster:
         self.job_group = f"tfos-{self.cluster_id}"
         self._service = service
         self._job_thread: threading.Thread | None = None
+        self._spec: NodeStageSpec | None = None
         self._feeder = None  # tfos.feeding.Feeder in InputMode.SPARK
         self._closed = threading.Event()
         self._shutdown_done = False
@@ -99,9 +101,11 @@ class TFCluster:
             # node that returned normally may have read all it was owed while others still
             # read theirs: its feeders find it gone, and then the feed stops (Feeder._run_job).
             state.on_feed_terminated = lambda node_id, feed: cluster._feeder.cancel()
+        cluster._spec = NodeStageSpec(config, service.address, secret, payload, default_fs(sc))
+        threading.Thread(target=cluster._watch_liveness,
+                         name=f"tfos-watchdog-{cluster.cluster_id}", daemon=True).start()
         try:
-            cluster._launch(NodeStageSpec(config, service.address, secret, payload,
-                                          default_fs(sc)))
+            cluster._launch(cluster._spec)
         except BaseException:
             cluster._stop_everything()
             raise
@@ -112,11 +116,35 @@ class TFCluster:
         self._job_thread = threading.Thread(target=self._run_node_job, args=(spec,),
                                             name=f"tfos-nodes-{self.cluster_id}", daemon=True)
         self._job_thread.start()
-        threading.Thread(target=self._watch_liveness, name=f"tfos-watchdog-{self.cluster_id}",
-                         daemon=True).start()
         self.state.wait_registered(self.config.reservation_timeout)
         logger.info("TF cluster %s is up: %s", self.cluster_id,
                     ", ".join(n.label for n in self.state.nodes.values()))
+
+    def _restart(self) -> None:
+        """Runs every node again after a failure (max_restarts); the nodes resume from their
+        checkpoints. Old nodes are gone first; a new secret shuts out any late message."""
+        state = self.state
+        failure = state.failures[0] if state.failures else None
+        try:
+            if self._job_thread is not None and self._job_thread.is_alive():
+                raise TfosError("the failed run's Spark job did not end, so its nodes may still "
+                                "hold executors")
+            if self._closed.is_set():
+                raise TfosError("the cluster was shut down")
+            secret = auth.new_secret()
+            self._service.rekey(secret)
+            self._spec = dataclasses.replace(self._spec, secret=secret,
+                                             restart=state.restart_count + 1)
+            logger.warning("restart %d of the TF cluster after: %s", self._spec.restart, failure)
+            state.begin_restart()
+            # A lost executor may still be coming back: wait for the slots like the first run.
+            preflight.check(self.sc, self.config, slots_needed=self.config.num_nodes)
+            self._launch(self._spec)
+        except TfosError as exc:
+            state.give_up_restart(NodeFailed(
+                "cluster restart", self.sc.getConf().get("spark.master", "?"),
+                f"could not restart after {failure}: {exc}"))
+            self._stop_nodes()
 
     def _run_node_job(self, spec: NodeStageSpec) -> None:
         failure = None
@@ -138,8 +166,13 @@ class TFCluster:
 
     def _on_failure(self) -> None:
         # Called under the state's lock: hand the clean-up to a thread of its own.
-        threading.Thread(target=self._stop_nodes, name=f"tfos-stop-{self.cluster_id}",
+        threading.Thread(target=self._after_failure, name=f"tfos-stop-{self.cluster_id}",
                          daemon=True).start()
+
+    def _after_failure(self) -> None:
+        self._stop_nodes()
+        if self.state.restarting:
+            self._restart()
 
     def _stop_nodes(self) -> None:
         """Orders every node to stop, then cancels the Spark job if it has not ended."""
@@ -200,6 +233,12 @@ class TFCluster:
                  "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
                  "pid": n.pid, "state": n.state.value if n.state else None}
                 for n in self.state.nodes.values()]
+
+    @property
+    def restarts(self) -> list[tuple]:
+        """The failures that made the driver restart the cluster (max_restarts), oldest first:
+        one tuple of ``NodeFailed`` per restart."""
+        return list(self.state.past_failures)
 
     def tensorboard_url(self, timeout: float = 60.0) -> str | None:
         """TensorBoard's URL once it serves (None when started without ``tensorboard``)."""

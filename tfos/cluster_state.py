@@ -54,15 +54,43 @@ class ClusterState:
         self._clock = clock
         self._on_failure = on_failure
         self.changed = threading.Condition()
+        self.on_feed_terminated: Callable[[int, str], None] | None = None
+        # Restarts (config.max_restarts): a failure with restarts left only sets `restarting`;
+        # the driver stops the nodes and calls begin_restart(). Waits see no failure meanwhile.
+        self.restarts_left = config.max_restarts
+        self.restart_count = 0
+        self.restarting = False
+        self.past_failures: list[tuple[NodeFailed, ...]] = []   # one entry per restart
+        self._reset_attempt()
+
+    def _reset_attempt(self) -> None:
+        config = self.config
         self.nodes = {r.node_id: NodeRecord(r, tail=collections.deque(maxlen=config.log_tail_lines))
                       for r in config.roles}
         self.registered: set[int] = set()
         self.failures: list[NodeFailed] = []
         self.services: dict[str, str] = {}
         self.feed_uris: dict[int, list[str]] = {}   # node id -> its feed endpoint's addresses
-        self.on_feed_terminated: Callable[[int, str], None] | None = None
         self.stop_requested = False
         self.job_ended = False
+
+    def begin_restart(self) -> None:
+        """The failed run's nodes are all gone: forget them and expect a new run's nodes."""
+        with self.changed:
+            self.past_failures.append(tuple(self.failures))
+            self.restart_count += 1
+            self._reset_attempt()
+            self.restarting = False
+            self.changed.notify_all()
+
+    def give_up_restart(self, failure: NodeFailed) -> None:
+        """The restart could not happen: the cluster fails with ``failure`` after all."""
+        with self.changed:
+            self.restarting = False
+            self.restarts_left = 0
+            self.failures.insert(0, failure)
+            self.stop_requested = True
+            self.changed.notify_all()
 
     # -- messages from node tasks -------------------------------------------------------
     def register(self, msg: m.Register) -> m.RegisterReply:
@@ -128,7 +156,8 @@ class ClusterState:
             node.state = msg.state
             if msg.state == m.NodeState.EXITED:
                 node.exit_code = msg.exit_code
-                if msg.exit_code != 0 and not msg.stopped:
+                # A reason without an order to stop: the node task stopped it (a stall).
+                if (msg.exit_code != 0 or msg.reason) and not msg.stopped:
                     self._fail(NodeFailed(node.label, node.host,
                                           msg.reason or describe_exit(msg.exit_code),
                                           msg.exit_code, tuple(msg.log_tail or node.tail)))
@@ -138,7 +167,10 @@ class ClusterState:
     def service_url(self, msg: m.ServiceUrl) -> m.Ack:
         with self.changed:
             if msg.name == "feed":
-                uris = json.loads(msg.url)
+                try:
+                    uris = json.loads(msg.url)
+                except (ValueError, RecursionError):
+                    uris = None
                 if msg.node_id not in self.nodes or not isinstance(uris, list) \
                         or not all(isinstance(u, str) for u in uris):
                     return m.Ack(False)
@@ -162,6 +194,11 @@ class ClusterState:
     def _fail(self, failure: NodeFailed) -> None:
         logger.error("%s", failure)
         self.failures.append(failure)
+        if not self.stop_requested and self.restarts_left > 0:
+            self.restarts_left -= 1
+            self.restarting = True
+            logger.warning("restarting the TF cluster (%d restart(s) left after this one)",
+                           self.restarts_left)
         self.stop_requested = True
         self.changed.notify_all()
         if self._on_failure is not None:
@@ -220,7 +257,7 @@ class ClusterState:
         """Waits until every node has exited or is only serving; raises on failure/deadline."""
         deadline = None if timeout is None else self._clock() + timeout
         with self.changed:
-            while not all(n.finished for n in self.nodes.values()):
+            while self.restarting or not all(n.finished for n in self.nodes.values()):
                 self._raise_on_failure("while running")
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
@@ -233,7 +270,7 @@ class ClusterState:
             self._raise_on_failure("while running")
 
     def _raise_on_failure(self, when: str) -> None:
-        if self.failures:
+        if self.failures and not self.restarting:
             first = self.failures[0]
             raise ClusterFailed(f"the TF cluster failed {when}: {first}", tuple(self.failures))
 

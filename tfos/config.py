@@ -50,10 +50,17 @@ class ClusterConfig:
     rdma: bool = False
     # Lines of each node's output kept for error reports.
     log_tail_lines: int = 40
+    # Times a failed cluster is started again (all nodes) before the failure is raised; the
+    # nodes resume from their own checkpoints (ctx.restart tells them which run they are).
+    max_restarts: int = 0
+    # A fed node whose buffer holds data it has not touched for this long has stalled: it is
+    # stopped and the cluster fails, naming it, with the stack of its map_fun.
+    feed_stall_timeout: float = 300.0
     roles: tuple[topology.Role, ...] = field(init=False)
 
     def __post_init__(self):
-        for name in ("num_executors", "num_ps", "log_tail_lines", "feed_buffer_bytes"):
+        for name in ("num_executors", "num_ps", "log_tail_lines", "feed_buffer_bytes",
+                     "max_restarts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r}: pass a non-negative int")
@@ -67,13 +74,18 @@ class ClusterConfig:
                               "or tfos.InputMode.SPARK") from None
         object.__setattr__(self, "input_mode", mode)
         for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
-                     "heartbeat_timeout", "kill_grace"):
+                     "heartbeat_timeout", "kill_grace", "feed_stall_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name}={value!r}: pass a positive number of seconds")
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ConfigError(f"heartbeat_timeout={self.heartbeat_timeout} must exceed twice "
                               f"heartbeat_interval={self.heartbeat_interval}")
+        if self.max_restarts and mode == InputMode.SPARK:
+            raise ConfigError(f"max_restarts={self.max_restarts} with InputMode.SPARK: a restarted "
+                              "cluster cannot resume a feed mid-epoch. Restart from the driver "
+                              "instead (a new TFCluster.run, then train() the remaining epochs), "
+                              "or use InputMode.TENSORFLOW")
         if self.num_ps >= self.num_executors:
             raise ConfigError(f"num_ps={self.num_ps} must be less than num_executors="
                               f"{self.num_executors}: every cluster needs a node that trains")

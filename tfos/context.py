@@ -36,6 +36,8 @@ class NodeContext:
         self.working_dir: str = info["working_dir"]
         self.host: str = info["host"]
         self.log_dir: str | None = info.get("log_dir")
+        # 0 in the first run; n after the driver restarted the cluster n times (max_restarts).
+        self.restart: int = info.get("restart", 0)
         self._status_fd = status_fd
         self._feed_info = info.get("feed")
         self._feed_server = None
@@ -84,7 +86,9 @@ class NodeContext:
         from tfos.feed_server import FeedServer
         info = self._feed_info
         self._feed_server = FeedServer([f"tcp://{info['host']}:0", f"shm://{info['shm_path']}"],
-                                       secret, info["buffer_bytes"])
+                                       secret, info["buffer_bytes"],
+                                       stall_timeout=info.get("stall_timeout"),
+                                       on_stall=lambda reason: self._notify(f"stall {reason}"))
         # A shm:// address says which host it serves, for feeders to tell (tfos.feed_task).
         from rdma.shm import host_key
         addresses = [f"{a}#{host_key()}" if a.startswith("shm://") else a

@@ -61,6 +61,11 @@ class ControlService:
         self.rejected = 0
         self._rejected_lock = threading.Lock()
 
+    def rekey(self, secret: bytes) -> None:
+        """Serves only requests signed with ``secret`` from now on (a restarted cluster's nodes):
+        whatever a previous run's node task may still send is refused."""
+        self._verifier = auth.Verifier(secret)
+
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

@@ -54,6 +54,7 @@ class FeedQueue:
         self._epochs: dict[int, _Epoch] = collections.defaultdict(_Epoch)
         self._current = 0            # the epoch the consumer reads
         self._buffered = 0
+        self._waiting_since = time.monotonic()   # data waits untaken since then (see stalled_for)
         self._last_epoch: int | None = None   # set by end_of_data: the final epoch's number
         self._terminated = False
 
@@ -81,6 +82,8 @@ class FeedQueue:
                 return
             epoch.chunks.append(chunk)
             epoch.received += chunk.rows
+            if not self._buffered:
+                self._waiting_since = time.monotonic()
             self._buffered += chunk.nbytes
             self._cond.notify_all()
 
@@ -117,6 +120,14 @@ class FeedQueue:
                 epoch.chunks.clear()
             self._buffered = 0
             self._cond.notify_all()
+
+    def stalled_for(self) -> tuple[float, int]:
+        """``(seconds, bytes)``: how long buffered data has waited with nothing taken, and how
+        much waits; ``(0, 0)`` when the buffer is empty."""
+        with self._cond:
+            if not self._buffered or self._terminated:
+                return 0.0, 0
+            return time.monotonic() - self._waiting_since, self._buffered
 
     # -- the consumer ---------------------------------------------------------------------
     def peek(self, timeout: float | None = None) -> Chunk | None:
@@ -167,6 +178,7 @@ class FeedQueue:
                         return []
                     continue
                 if epoch.chunks:
+                    self._waiting_since = time.monotonic()
                     chunk = epoch.chunks[0]
                     n = min(wanted, chunk.rows - chunk.taken)
                     pieces.append((chunk, chunk.taken, chunk.taken + n))

@@ -19,13 +19,24 @@ message that the feeder raises, so the Spark task fails with the node's reason.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import traceback
+from typing import Callable
 
 from tfos import feed_codec
 from tfos.errors import ProtocolError
 from tfos.feed_queue import Chunk, FeedError, FeedQueue
 
 logger = logging.getLogger(__name__)
+
+
+def print_main_stack(headline: str) -> None:
+    """Prints ``headline`` and where the main thread is now to stderr (the node's log)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    stack = "".join(traceback.format_stack(frame)) if frame is not None else "  (not running)\n"
+    sys.stderr.write(f"{headline}\nmain thread (map_fun), most recent call last:\n{stack}")
+    sys.stderr.flush()
 
 
 def shm_ring_bytes(buffer_bytes: int) -> int:
@@ -39,7 +50,8 @@ def shm_ring_bytes(buffer_bytes: int) -> int:
 
 class FeedServer:
     def __init__(self, uris: list[str], secret: bytes, buffer_bytes: int,
-                 put_timeout: float | None = None):
+                 put_timeout: float | None = None, stall_timeout: float | None = None,
+                 on_stall: Callable[[str], None] | None = None):
         from rdma import comm
         self._comm = comm
         self._secret = secret
@@ -58,6 +70,9 @@ class FeedServer:
         for listener in self._listeners:
             threading.Thread(target=self._accept, args=(listener,), daemon=True,
                              name="tfos-feed-accept").start()
+        if stall_timeout is not None and on_stall is not None:
+            threading.Thread(target=self._watch_stalls, args=(stall_timeout, on_stall),
+                             daemon=True, name="tfos-feed-stall").start()
 
     def queue(self, name: str) -> FeedQueue:
         with self._lock:
@@ -72,6 +87,23 @@ class FeedServer:
         with self._lock:
             for q in self._queues.values():
                 q.terminate()
+
+    # -- stall detection ------------------------------------------------------------------------
+    def _watch_stalls(self, timeout: float, on_stall: Callable[[str], None]) -> None:
+        """Reports the first feed whose data waits untaken for ``timeout`` seconds, with the
+        stack of the main thread (where map_fun runs) printed for the error report."""
+        while not self._closed.wait(min(1.0, timeout / 4)):
+            with self._lock:
+                queues = list(self._queues.values())
+            for q in queues:
+                waited, nbytes = q.stalled_for()
+                if waited >= timeout:
+                    reason = (f"stalled: it took nothing from feed {q.name!r} for {waited:.0f}s "
+                              f"while {nbytes} bytes waited (feed_stall_timeout={timeout:g}s); "
+                              "its map_fun is stuck where the stack above shows")
+                    print_main_stack(f"tfos: {reason}")
+                    on_stall(reason)
+                    return
 
     # -- connections --------------------------------------------------------------------------
     def _accept(self, listener) -> None:
@@ -100,26 +132,29 @@ class FeedServer:
                     self._serve_feeder(conn, meta)
             except self._comm.CommClosed:
                 pass
-            except (ProtocolError, FeedError, KeyError, TypeError) as exc:
+            except (ProtocolError, FeedError) as exc:
                 logger.error("feed connection from %s failed: %s", conn.peer_address, exc)
                 self._send_error(conn, str(exc))
+            except self._comm.CommError as exc:   # a malformed frame, a timeout
+                logger.error("feed connection from %s broke: %s", conn.peer_address, exc)
 
     def _serve_driver(self, conn) -> None:
         while True:
             kind, meta, _ = feed_codec.decode(conn.recv())
             if kind == "epoch":
-                self.queue(meta["feed"]).announce_epoch(int(meta["epoch"]), int(meta["per_worker"]))
+                self.queue(_text(meta, "feed")).announce_epoch(_count(meta, "epoch"),
+                                                               _count(meta, "per_worker"))
             elif kind == "cut":
-                self.queue(meta["feed"]).cut_epoch(int(meta["epoch"]))
+                self.queue(_text(meta, "feed")).cut_epoch(_count(meta, "epoch"))
             elif kind == "end_of_data":
-                self.queue(meta["feed"]).end_of_data(int(meta["last_epoch"]))
+                self.queue(_text(meta, "feed")).end_of_data(_count(meta, "last_epoch"))
             else:
                 raise ProtocolError(f"unknown driver message {kind!r}")
             conn.send(feed_codec.encode("ok"))
 
     def _serve_feeder(self, conn, hello: dict) -> None:
-        queue = self.queue(str(hello["feed"]))
-        epoch = int(hello["epoch"])
+        queue = self.queue(_text(hello, "feed"))
+        epoch = _count(hello, "epoch")
         inference = hello.get("mode") == "inference"
         reply_lock = threading.Lock()
 
@@ -134,8 +169,8 @@ class FeedServer:
                 break
             if kind != "batch":
                 raise ProtocolError(f"unknown feeder message {kind!r}")
-            rows = int(meta["rows"])
-            if any(len(c) != rows for c in columns.values()) or not columns:
+            rows = _count(meta, "rows")
+            if not columns or any(c.ndim == 0 or len(c) != rows for c in columns.values()):
                 raise ProtocolError(f"a batch of {rows} rows has columns of other lengths")
             # The message's memory is reused by the next recv: the queue keeps a copy.
             owned = {name: array.copy() for name, array in columns.items()}
@@ -156,3 +191,18 @@ class FeedServer:
             conn.send(feed_codec.encode("error", {"message": message}))
         except self._comm.CommError:
             pass
+
+
+def _text(meta: dict, key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"feed message needs {key!r} as a string, got {value!r:.80}")
+    return value
+
+
+def _count(meta: dict, key: str) -> int:
+    value = meta.get(key)
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"feed message needs {key!r} as a non-negative integer, got "
+                            f"{value!r:.80}")
+    return value

@@ -55,6 +55,7 @@ class NodeStageSpec:
     secret: bytes
     payload: bytes  # pickled (map_fun, tf_args); only the TF process unpickles it
     default_fs: str
+    restart: int = 0  # how many times the cluster was restarted before this run
 
 
 class Barrier(Protocol):
@@ -130,6 +131,7 @@ class NodeSupervisor:
         self.finished = threading.Event()
         self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(maxsize=10_000)
         self.dropped_lines = 0
+        self.failure_reason = ""   # set when the supervisor stops a stalled TF process
 
     def run(self) -> int:
         forwarder = self._thread(self._forward_output)
@@ -157,7 +159,7 @@ class NodeSupervisor:
 
     def _supervise(self, child: process.ChildProcess, read_status: int) -> int:
         pump = self._thread(self._pump_output, child.popen.stdout)
-        self._thread(self._read_status, read_status)
+        self._thread(self._read_status, read_status, child)
         heartbeat = self._thread(self._heartbeat, child)
         try:
             child.popen.stdin.write(pickle.dumps((self.spec.secret, self.spec.payload)))
@@ -170,10 +172,10 @@ class NodeSupervisor:
         pump.join()           # the output is read to its end,
         self._flush_output()  # and has reached the driver before the verdict does.
         self.state = m.NodeState.EXITED
-        stopped = self.stop_ordered.is_set()
+        stopped = self.stop_ordered.is_set() and not self.failure_reason
+        reason = "stopped by the driver" if stopped else self.failure_reason
         self._report_exit(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
-                                       "stopped by the driver" if stopped else "", stopped,
-                                       list(self.tail)))
+                                       reason, stopped, list(self.tail)))
         if self._runs_tensorboard:
             # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
             self.stop_ordered.wait()
@@ -205,6 +207,7 @@ class NodeSupervisor:
             "node_id": self.role.node_id, "num_workers": topology.num_trainers(self.config.roles),
             "cluster_spec": self.cluster_spec, "default_fs": self.spec.default_fs,
             "working_dir": os.getcwd(), "host": self.host, "log_dir": log_dir,
+            "restart": self.spec.restart,
             "feed": self._feed_info()})
         return env
 
@@ -214,7 +217,8 @@ class NodeSupervisor:
         if self.config.input_mode != InputMode.SPARK or not topology.is_trainer(self.role):
             return None
         return {"host": self.host, "shm_path": os.path.join(self._scratch, "feed.sock"),
-                "buffer_bytes": self.config.feed_buffer_bytes}
+                "buffer_bytes": self.config.feed_buffer_bytes,
+                "stall_timeout": self.config.feed_stall_timeout}
 
     def _log_dir(self, scratch: str) -> str | None:
         if self.config.log_dir:
@@ -281,7 +285,7 @@ class NodeSupervisor:
         self._lines.put(flushed)
         flushed.wait(self.config.heartbeat_timeout)
 
-    def _read_status(self, fd: int) -> None:
+    def _read_status(self, fd: int, child: process.ChildProcess | None = None) -> None:
         """Relays what the TF process announces on its status pipe, one line each."""
         with os.fdopen(fd, "rb") as pipe:
             for raw in pipe:
@@ -295,6 +299,10 @@ class NodeSupervisor:
                 elif word == "terminate":
                     self._call(self.client.feed_terminated,
                                m.FeedTerminated(self.role.node_id, rest))
+                elif word == "stall" and child is not None:
+                    logger.error("node %s %s", self.role.label, rest)
+                    self.failure_reason = rest
+                    threading.Thread(target=child.stop, name="tfos-stop", daemon=True).start()
 
     def _heartbeat(self, child: process.ChildProcess) -> None:
         silent_since = None
