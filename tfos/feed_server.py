@@ -58,6 +58,10 @@ class FeedServer:
         self._buffer_bytes = buffer_bytes
         self._put_timeout = put_timeout
         self._queues: dict[str, FeedQueue] = {}
+        # (feed, epoch, partition) -> rows of that partition taken in so far: a Spark retry of
+        # a feed task sends its partition again from the start, and only the rows not yet
+        # taken go in (each record exactly once).
+        self._taken: dict[tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         limit = feed_codec.max_message(buffer_bytes)
@@ -153,9 +157,11 @@ class FeedServer:
             conn.send(feed_codec.encode("ok"))
 
     def _serve_feeder(self, conn, hello: dict) -> None:
-        queue = self.queue(_text(hello, "feed"))
+        feed = _text(hello, "feed")
+        queue = self.queue(feed)
         epoch = _count(hello, "epoch")
         inference = hello.get("mode") == "inference"
+        partition = None if inference or "partition" not in hello else _count(hello, "partition")
         reply_lock = threading.Lock()
 
         def reply(columns):
@@ -172,6 +178,12 @@ class FeedServer:
             rows = _count(meta, "rows")
             if not columns or any(c.ndim == 0 or len(c) != rows for c in columns.values()):
                 raise ProtocolError(f"a batch of {rows} rows has columns of other lengths")
+            if partition is not None:
+                skip = self._already_taken((feed, epoch, partition), _count(meta, "offset"), rows)
+                if skip == rows:
+                    continue
+                columns = {name: array[skip:] for name, array in columns.items()}
+                rows -= skip
             # The message's memory is reused by the next recv: the queue keeps a copy.
             owned = {name: array.copy() for name, array in columns.items()}
             chunk = Chunk(owned, rows, epoch, sum(a.nbytes for a in owned.values()),
@@ -185,6 +197,13 @@ class FeedServer:
                 conn.recv()
             except self._comm.CommClosed:
                 pass
+
+    def _already_taken(self, key: tuple[str, int, int], offset: int, rows: int) -> int:
+        """How many of the rows ``[offset, offset + rows)`` of a partition are in already."""
+        with self._lock:
+            taken = self._taken.get(key, 0)
+            self._taken[key] = max(taken, offset + rows)
+        return min(rows, max(0, taken - offset))
 
     def _send_error(self, conn, message: str) -> None:
         try:

@@ -67,7 +67,7 @@ def choose_uri(endpoint: NodeEndpoint) -> str:
 class _Connection:
     """One feed task's connection to one node."""
 
-    def __init__(self, spec: FeedSpec, worker: int, mode: str):
+    def __init__(self, spec: FeedSpec, worker: int, mode: str, partition: int):
         from rdma import comm
         self._comm_mod = comm
         self.endpoint = spec.workers[worker]
@@ -79,7 +79,8 @@ class _Connection:
         except comm.CommError as exc:
             raise FeedFailed(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
         self.comm.send(feed_codec.encode("hello", {"role": "feeder", "feed": spec.feed,
-                                                   "epoch": spec.epoch, "mode": mode}))
+                                                   "epoch": spec.epoch, "mode": mode,
+                                                   "partition": partition}))
         self.sent = 0
         self._buffer_bytes = spec.buffer_bytes
 
@@ -93,7 +94,8 @@ class _Connection:
                              "raise feed_buffer_bytes (TFCluster.run(..., "
                              "feed_buffer_bytes=...)) or feed smaller records")
         try:
-            self.comm.send(feed_codec.encode("batch", {"rows": rows}, columns))
+            self.comm.send(feed_codec.encode("batch", {"rows": rows, "offset": first_row},
+                                             columns))
         except self._comm_mod.CommError as exc:
             raise FeedFailed(self._why(f"stopped taking data ({exc})")) from None
         self.sent += rows
@@ -141,6 +143,19 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
         source.drain()
         return 0
     connections: dict[int, _Connection] = {}
+    try:
+        sent = _send_ranges(spec, partition, ranges, source, connections)
+    except BaseException:
+        for conn in connections.values():   # the node sees the end at once, not at GC
+            conn.comm.close()
+        raise
+    # Read the partition to its end even past the planned rows: a Python worker that left
+    # input unread cannot be reused, and starting a new one costs more than the reading.
+    source.drain()
+    return sent
+
+
+def _send_ranges(spec: FeedSpec, partition: int, ranges, source, connections) -> int:
     position = 0
     sent = 0
     sizer = _ChunkSizer(spec)
@@ -149,7 +164,8 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
         position = row_range.start
         conn = connections.get(row_range.worker)
         if conn is None:
-            conn = connections[row_range.worker] = _Connection(spec, row_range.worker, "train")
+            conn = connections[row_range.worker] = _Connection(spec, row_range.worker, "train",
+                                                                  partition)
         remaining = len(row_range)
         while remaining:
             columns, n = source.take(min(remaining, sizer.rows))
@@ -164,9 +180,6 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
             sent += n
     for conn in connections.values():
         conn.finish()
-    # Read the partition to its end even past the planned rows: a Python worker that left
-    # input unread cannot be reused, and starting a new one costs more than the reading.
-    source.drain()
     return sent
 
 
@@ -244,7 +257,7 @@ def _row_source(spec: FeedSpec, partition: int, rows: Iterable):
 def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[dict]:
     """Feeds a whole partition to one worker; yields result column chunks in row order."""
     worker = partition % len(spec.workers)
-    conn = _Connection(spec, worker, "inference")
+    conn = _Connection(spec, worker, "inference", partition)
     results: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_read_results, args=(conn, results), daemon=True,
                               name="tfos-feed-results")

@@ -122,3 +122,26 @@ def test_shared_memory_only_for_a_node_on_this_host(tmp_path):
     assert chosen(host_key(), tmp_path / "gone.sock") == tcp
     with pytest.raises(FeedFailed, match="no feed address reachable"):
         choose_uri(NodeEndpoint("worker:0@h", (f"shm://{sock}#elsewhere",)))
+
+
+def test_a_retried_partition_is_taken_in_once(node):
+    server, endpoint = node
+    rows = 3000
+    plan = plan_epoch([rows], 1)
+    server.queue("input").announce_epoch(0, rows)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, chunk_rows=100)
+
+    def failing_source():
+        for i in range(rows):
+            if i == 1234:
+                raise OSError("executor lost")
+            yield np.zeros(2, np.float32), i
+
+    with pytest.raises(OSError):
+        feed_training_partition(spec, 0, failing_source())
+    # Spark's retry sends the partition again from its first row.
+    assert feed_training_partition(spec, 0, ((np.zeros(2, np.float32), i)
+                                             for i in range(rows))) == rows
+    received = []
+    consume(server, received)
+    assert received == list(range(rows))
