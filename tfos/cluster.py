@@ -92,7 +92,8 @@ class TFCluster:
                              log_stream=log_stream,
                              on_failure=lambda: cluster is not None and cluster._on_failure())
         secret = auth.new_secret()
-        service = ControlService(state, secret, host).start()
+        service = ControlService(state, secret, host,
+                                 bind_all=config.bind_all_interfaces).start()
         cluster = cls(sc, config, state, service)
         if config.input_mode == InputMode.SPARK:
             from tfos.feeding import Feeder

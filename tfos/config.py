@@ -44,6 +44,11 @@ class ClusterConfig:
     env: tuple[tuple[str, str], ...] = ()
     # Address the driver's control service advertises to executors; None: detect.
     driver_host: str | None = None
+    # Listen on every interface (0.0.0.0 or ::) instead of only the advertised addresses (the
+    # driver host, each executor's host): for hosts behind 1:1 NAT, whose advertised address
+    # is not on any interface (a cloud VM's public IP). Control and feed ports still demand
+    # the cluster's secret; TensorBoard (no authentication) is then reachable on every one.
+    bind_all_interfaces: bool = False
     # Bytes of fed data each TF node buffers per feed before feeders block (InputMode.SPARK).
     feed_buffer_bytes: int = 256 << 20
     # Exchange tensors over RDMA (--rdma): needs an RDMA device; never falls back to TCP.
@@ -73,6 +78,9 @@ class ClusterConfig:
             raise ConfigError(f"input_mode={self.input_mode!r}: use tfos.InputMode.TENSORFLOW "
                               "or tfos.InputMode.SPARK") from None
         object.__setattr__(self, "input_mode", mode)
+        if not isinstance(self.bind_all_interfaces, bool):
+            raise ConfigError(f"bind_all_interfaces={self.bind_all_interfaces!r}: pass True or "
+                              "False")
         for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
                      "heartbeat_timeout", "kill_grace", "feed_stall_timeout"):
             value = getattr(self, name)

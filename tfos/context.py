@@ -84,15 +84,24 @@ class NodeContext:
         if not self._feed_info:
             return
         from tfos.feed_server import FeedServer
+        from tfos.process import listen_host
         info = self._feed_info
-        self._feed_server = FeedServer([f"tcp://{info['host']}:0", f"shm://{info['shm_path']}"],
+        bind = listen_host(info["host"], info.get("bind_all", False))
+        self._feed_server = FeedServer([f"tcp://{bind}:0", f"shm://{info['shm_path']}"],
                                        secret, info["buffer_bytes"],
                                        stall_timeout=info.get("stall_timeout"),
                                        on_stall=lambda reason: self._notify(f"stall {reason}"))
-        # A shm:// address says which host it serves, for feeders to tell (tfos.feed_task).
         from rdma.shm import host_key
-        addresses = [f"{a}#{host_key()}" if a.startswith("shm://") else a
-                     for a in self._feed_server.addresses]
+        from rdma.tcp import format_address
+        addresses = []
+        for address in self._feed_server.addresses:
+            if address.startswith("shm://"):
+                # Says which host it serves, for feeders to tell (tfos.feed_task).
+                address = f"{address}#{host_key()}"
+            elif bind != info["host"]:
+                # Bound to every interface: feeders are given the executor's address.
+                address = format_address((info["host"], int(address.rsplit(":", 1)[1])))
+            addresses.append(address)
         self._notify("feed " + json.dumps(addresses))
 
     def get_data_feed(self, train_mode: bool = True, qname_in: str = "input",

@@ -1,6 +1,7 @@
 """The driver's control service: a gRPC server the node tasks report to (driver side).
 
-One service per cluster, on an ephemeral port of the advertised address. Methods are unary;
+One service per cluster, on an ephemeral port of the advertised address (every interface only
+with ``bind_all``: ClusterConfig.bind_all_interfaces). Methods are unary;
 requests and replies are the typed JSON messages of ``tfos.messages``. Every request must be
 signed with the cluster's secret (``tfos.auth``); a bad or replayed signature is refused with
 UNAUTHENTICATED and a malformed body with INVALID_ARGUMENT, and the service keeps serving.
@@ -17,6 +18,7 @@ from tfos import auth
 from tfos import messages as m
 from tfos.cluster_state import ClusterState
 from tfos.errors import AuthenticationError, NodeFailed, ProtocolError
+from tfos.process import listen_host
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +40,11 @@ def method_path(name: str) -> str:
 
 
 class ControlService:
-    """Serves ``state`` on ``host``; use as a context manager, or ``start``/``stop``."""
+    """Serves ``state`` on ``host`` (the address executors are told; with ``bind_all`` it
+    listens on every interface); use as a context manager, or ``start``/``stop``."""
 
-    def __init__(self, state: ClusterState, secret: bytes, host: str, max_workers: int = 8):
+    def __init__(self, state: ClusterState, secret: bytes, host: str, max_workers: int = 8,
+                 bind_all: bool = False):
         self.state = state
         self.host = host
         self._verifier = auth.Verifier(secret)
@@ -53,11 +57,16 @@ class ControlService:
                         response_serializer=m.encode)
                     for name, (req, _reply, attr) in METHODS.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        bind = f"[{host}]:0" if ":" in host else f"{host}:0"
-        self.port = self._server.add_insecure_port(bind)
+        self.bind_host = listen_host(host, bind_all)
+        bind = f"[{self.bind_host}]:0" if ":" in self.bind_host else f"{self.bind_host}:0"
+        try:    # grpcio raises RuntimeError for an address it cannot bind (older ones return 0)
+            self.port = self._server.add_insecure_port(bind)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"control service could not bind to {host}: set driver_host to an "
-                          "address of this machine that the executors can reach")
+            raise OSError(f"control service could not bind to {self.bind_host}: set driver_host "
+                          "to an address of this machine that the executors can reach (or, "
+                          "behind NAT, bind_all_interfaces=True)")
         self.rejected = 0
         self._rejected_lock = threading.Lock()
 

@@ -216,7 +216,8 @@ class NodeSupervisor:
         from tfos.config import InputMode
         if self.config.input_mode != InputMode.SPARK or not topology.is_trainer(self.role):
             return None
-        return {"host": self.host, "shm_path": os.path.join(self._scratch, "feed.sock"),
+        return {"host": self.host, "bind_all": self.config.bind_all_interfaces,
+                "shm_path": os.path.join(self._scratch, "feed.sock"),
                 "buffer_bytes": self.config.feed_buffer_bytes,
                 "stall_timeout": self.config.feed_stall_timeout}
 
@@ -236,7 +237,8 @@ class NodeSupervisor:
         if not self._runs_tensorboard:
             return tensorboard.nothing()
         return tensorboard.serve(self.host, log_dir, self.config.kill_grace,
-                                 on_ready=self._announce_tensorboard, on_output=self._output)
+                                 on_ready=self._announce_tensorboard, on_output=self._output,
+                                 bind_all=self.config.bind_all_interfaces)
 
     def _announce_tensorboard(self, url: str) -> None:
         self._call(self.client.service_url, m.ServiceUrl(self.role.node_id, "tensorboard", url))

@@ -71,6 +71,14 @@ class ChildProcess:
         self.stop()
 
 
+def listen_host(host: str, all_interfaces: bool = False) -> str:
+    """The address a server binds: ``host`` (the address it advertises) or, with
+    ``all_interfaces`` (ClusterConfig.bind_all_interfaces), the wildcard of its family."""
+    if not all_interfaces:
+        return host
+    return "::" if ":" in host else "0.0.0.0"
+
+
 @contextlib.contextmanager
 def reserved_port(host: str):
     """Holds a free TCP port on ``host`` until the block ends.

@@ -1,7 +1,9 @@
 """TensorBoard beside the primary TF node (executor side, started by the node task).
 
 TensorBoard runs as a guarded child in its own process group, on a port of the node's address
-held for it, and is stopped with its group when the node task ends.
+held for it (bound to that address only, unless ``bind_all``), and is stopped with its group
+when the node task ends. TensorBoard itself has no authentication: it serves the event files
+read-only to whoever reaches that address.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def nothing():
 
 @contextlib.contextmanager
 def serve(host: str, log_dir: str, kill_grace: float, on_ready: Callable[[str], None],
-          on_output: Callable[[str], None]):
+          on_output: Callable[[str], None], bind_all: bool = False):
     """Runs TensorBoard on ``log_dir``; calls ``on_ready(url)`` once it announces its address.
 
     Its output lines go to ``on_output`` (the node's forwarded log), so a TensorBoard that
@@ -30,7 +32,8 @@ def serve(host: str, log_dir: str, kill_grace: float, on_ready: Callable[[str], 
     os.makedirs(log_dir, exist_ok=True)
     with process.reserved_port(host) as port:
         command = process.guarded([sys.executable, "-m", "tensorboard.main", "--logdir", log_dir,
-                                   "--host", host, "--port", str(port)])
+                                   "--host", process.listen_host(host, bind_all),
+                                   "--port", str(port)])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with process.ChildProcess(command, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, kill_grace=kill_grace) as child:
