@@ -30,6 +30,7 @@ from tfos.topology import Role
     ({"num_executors": 2, "kill_grace": 0.0}, "kill_grace=0.0"),
     ({"num_executors": 2, "heartbeat_interval": 5, "heartbeat_timeout": 10},
      "heartbeat_timeout=10"),
+    ({"num_executors": 2, "bind_all_interfaces": "yes"}, "bind_all_interfaces='yes'"),
 ])
 def test_a_bad_value_raises_config_error_quoting_it(kwargs, quoted):
     with pytest.raises(ConfigError) as info:
