@@ -29,6 +29,9 @@ from tfos.node_task import NodeStageSpec, node_partition, python_version, tensor
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
+# How Spark names the failed task of a stage: "ResultTask(17, 2)" or "Lost task 2.0 in stage".
+_FAILED_TASK = re.compile(r"ResultTask\(\d+, (\d+)\)|Lost task (?=\d+\.\d+ in stage)(\d+)")
+_PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failed|Timeout|Exit|Interrupt)\b")
 _JVM_FRAME = re.compile(r"^\s*(at [\w.$<>/]+\(.*\)|\.\.\. \d+ more)\s*$")
 
 
@@ -156,10 +159,21 @@ class TFCluster:
             rdd.barrier().mapPartitions(functools.partial(node_partition, spec)).collect()
         except Exception as exc:  # any Spark/py4j failure of the node job
             if not self.state.stop_requested:
-                failure = NodeFailed("node stage", self.sc.getConf().get("spark.master", "?"),
-                                     "the Spark job running the TF nodes failed: "
-                                     + summarize_spark_error(exc))
+                failure = self._node_job_failure(summarize_spark_error(exc))
         self.state.end_job(failure)
+
+    def _node_job_failure(self, summary: str) -> NodeFailed:
+        """The node job's failure, blamed on the node whose task failed when Spark says which
+        (the node stage's partition number is the node id)."""
+        match = _FAILED_TASK.search(summary)
+        node = self.state.nodes.get(int(match.group(1) or match.group(2))) if match else None
+        if node is None:
+            return NodeFailed("node stage", self.sc.getConf().get("spark.master", "?"),
+                              f"the Spark job running the TF nodes failed: {summary}")
+        cause = next((line.strip() for line in summary.splitlines()
+                      if "ExecutorLostFailure" in line or "Reason:" in line), summary)
+        return NodeFailed(node.label, node.host, f"its Spark task failed: {cause}", None,
+                          tuple(node.tail))
 
     def _watch_liveness(self) -> None:
         while not self._closed.wait(self.config.heartbeat_interval):
@@ -347,7 +361,26 @@ def _is_user_module(module) -> bool:
 
 
 def summarize_spark_error(exc: BaseException, max_lines: int = 25) -> str:
-    """The informative head of a Spark/py4j error: messages and Python tracebacks, no JVM frames."""
+    """The informative head of a Spark/py4j error: messages and Python tracebacks, no JVM frames.
+
+    When a Python task raised, its exception line comes first: it is the cause, and the
+    traceback that leads to it can be longer than the head kept.
+    """
     lines = [line for line in str(exc).splitlines()
              if line.strip() and not _JVM_FRAME.match(line)]
-    return "\n".join(lines[:max_lines]) or type(exc).__name__
+    cause = _python_exception(lines)
+    head = "\n".join(lines[:max_lines]) or type(exc).__name__
+    return f"{cause}\n{head}" if cause and cause not in lines[:max_lines] else head
+
+
+def _python_exception(lines: list[str]) -> str | None:
+    """The exception line that ends the first Python traceback in ``lines``, if any."""
+    in_traceback = False
+    for line in lines:
+        if line.endswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and not line.startswith((" ", "\t")):
+            if _PY_EXCEPTION.match(line):
+                return line
+            in_traceback = False
+    return None

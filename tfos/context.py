@@ -104,6 +104,16 @@ class NodeContext:
             addresses.append(address)
         self._notify("feed " + json.dumps(addresses))
 
+    def unread_feed_error(self) -> str | None:
+        """After map_fun returned: why that loses data, when a feed got records it never read."""
+        unread = self._feed_server.unread_feeds() if self._feed_server else []
+        if not unread:
+            return None
+        feeds = ", ".join(f"{name!r} ({records} records arrived)" for name, records in unread)
+        return (f"map_fun returned without reading feed {feeds} that Spark fed to this node: "
+                "read it with ctx.get_data_feed(qname_in=...) until should_stop(), or call "
+                "feed.terminate() to stop the feeding on purpose")
+
     def get_data_feed(self, train_mode: bool = True, qname_in: str = "input",
                       qname_out: str = "output", input_mapping: dict | None = None,
                       timeout: float | None = None):

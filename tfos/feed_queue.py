@@ -55,6 +55,9 @@ class FeedQueue:
         self._current = 0            # the epoch the consumer reads
         self._buffered = 0
         self._waiting_since = time.monotonic()   # data waits untaken since then (see stalled_for)
+        self.ever_taken = False
+        self.ever_received = 0
+        self.ever_announced = False   # an epoch with records for this worker was announced
         self._last_epoch: int | None = None   # set by end_of_data: the final epoch's number
         self._terminated = False
 
@@ -82,6 +85,7 @@ class FeedQueue:
                 return
             epoch.chunks.append(chunk)
             epoch.received += chunk.rows
+            self.ever_received += chunk.rows
             if not self._buffered:
                 self._waiting_since = time.monotonic()
             self._buffered += chunk.nbytes
@@ -89,6 +93,7 @@ class FeedQueue:
 
     def announce_epoch(self, epoch: int, expected: int) -> None:
         with self._cond:
+            self.ever_announced = self.ever_announced or expected > 0
             self._epochs[epoch].expected = expected
             self._cond.notify_all()
 
@@ -120,6 +125,13 @@ class FeedQueue:
                 epoch.chunks.clear()
             self._buffered = 0
             self._cond.notify_all()
+
+    @property
+    def unread(self) -> bool:
+        """Records were announced or arrived, and the consumer took none (nor terminated)."""
+        with self._cond:
+            return ((self.ever_received > 0 or self.ever_announced) and not self.ever_taken
+                    and not self._terminated)
 
     def stalled_for(self) -> tuple[float, int]:
         """``(seconds, bytes)``: how long buffered data has waited with nothing taken, and how
@@ -179,6 +191,7 @@ class FeedQueue:
                     continue
                 if epoch.chunks:
                     self._waiting_since = time.monotonic()
+                    self.ever_taken = True
                     chunk = epoch.chunks[0]
                     n = min(wanted, chunk.rows - chunk.taken)
                     pieces.append((chunk, chunk.taken, chunk.taken + n))

@@ -9,6 +9,8 @@ raises a FeedDataError naming the partition, the row and the column.
 """
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from tfos.errors import TfosError
@@ -86,23 +88,25 @@ def _column(values: list, name: str, partition: int, first_row: int) -> np.ndarr
     except ValueError:
         array = None
     if array is None or array.dtype.hasobject:
-        index = _first_odd_shape(values)
+        index, typical = _first_odd_shape(values)
         raise FeedDataError(
             f"partition {partition}, row {first_row + index}, column {name!r}: value "
-            f"{_short(values[index])} does not match the shape/type of the column's first value "
-            f"{_short(values[0])}; every row must have the same shape in each column")
+            f"{_short(values[index])} does not match the shape/type of the column's other "
+            f"values, like {_short(values[typical])}; every row must have the same shape in "
+            "each column")
     if array.dtype.kind not in "biufcSU":
         raise FeedDataError(f"partition {partition}, column {name!r}: dtype {array.dtype} "
                             "cannot be fed; use numbers, booleans or strings")
     return array
 
 
-def _first_odd_shape(values: list) -> int:
-    reference = np.shape(values[0]) if _regular(values[0]) else None
-    for index, value in enumerate(values):
-        if not _regular(value) or np.shape(value) != reference:
-            return index
-    return 0
+def _first_odd_shape(values: list) -> tuple[int, int]:
+    """``(odd, typical)``: the first value whose shape/type differs from most values', and
+    one of those (the odd one may be the first)."""
+    keys = [np.shape(v) if _regular(v) else None for v in values]
+    common = collections.Counter(keys).most_common(1)[0][0]
+    odd = next((i for i, key in enumerate(keys) if key != common), 0)
+    return odd, keys.index(common)
 
 
 def _regular(value) -> bool:

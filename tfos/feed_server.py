@@ -11,7 +11,8 @@ A connection opens with a ``hello`` message saying who speaks:
   on the same connection as ``results`` messages, in order.
 - the driver: ``hello {role: driver}``, then ``epoch {feed, epoch, per_worker}`` before each
   epoch, ``cut {feed, epoch}`` when an epoch's feed job failed (the epoch ends with what
-  arrived), and ``end_of_data {feed, last_epoch}`` at the end.
+  arrived), and ``end_of_data {feed, last_epoch}`` or ``end_all {feeds: {feed: last_epoch}}``
+  at the end (``end_all`` also ends feeds it does not name: shutdown without any train()).
 
 A batch the node cannot take (malformed, larger than the buffer) is answered with an ``error``
 message that the feeder raises, so the Spark task fails with the node's reason.
@@ -62,6 +63,8 @@ class FeedServer:
         # a feed task sends its partition again from the start, and only the rows not yet
         # taken go in (each record exactly once).
         self._taken: dict[tuple[str, int, int], int] = {}
+        self._shapes: dict[str, dict[str, tuple]] = {}   # feed -> per-row shape of each column
+        self._ended: dict[str, int] | None = None        # set by the driver's end_all
         self._lock = threading.Lock()
         self._closed = threading.Event()
         limit = feed_codec.max_message(buffer_bytes)
@@ -81,8 +84,23 @@ class FeedServer:
     def queue(self, name: str) -> FeedQueue:
         with self._lock:
             if name not in self._queues:
-                self._queues[name] = FeedQueue(name, self._buffer_bytes)
+                q = self._queues[name] = FeedQueue(name, self._buffer_bytes)
+                if self._ended is not None:   # opened after the driver ended every feed
+                    q.end_of_data(self._ended.get(name, -1))
             return self._queues[name]
+
+    def end_all(self, last_epochs: dict[str, int]) -> None:
+        """The driver fed its last data: each named feed ends after its last epoch, and any
+        other feed (never fed, or opened later) ends at once."""
+        with self._lock:
+            self._ended = dict(last_epochs)
+            for q in self._queues.values():
+                q.end_of_data(self._ended.get(q.name, -1))
+
+    def unread_feeds(self) -> list[tuple[str, int]]:
+        """``(feed, records)`` of each feed that received records none of which were read."""
+        with self._lock:
+            return [(q.name, q.ever_received) for q in self._queues.values() if q.unread]
 
     def close(self) -> None:
         self._closed.set()
@@ -152,6 +170,12 @@ class FeedServer:
                 self.queue(_text(meta, "feed")).cut_epoch(_count(meta, "epoch"))
             elif kind == "end_of_data":
                 self.queue(_text(meta, "feed")).end_of_data(_count(meta, "last_epoch"))
+            elif kind == "end_all":
+                feeds = meta.get("feeds")
+                if not isinstance(feeds, dict):
+                    raise ProtocolError(f"end_all needs 'feeds' as an object, got {feeds!r:.80}")
+                self.end_all({_text({"feed": name}, "feed"): _count(feeds, name)
+                              for name in feeds})
             else:
                 raise ProtocolError(f"unknown driver message {kind!r}")
             conn.send(feed_codec.encode("ok"))
@@ -178,6 +202,7 @@ class FeedServer:
             rows = _count(meta, "rows")
             if not columns or any(c.ndim == 0 or len(c) != rows for c in columns.values()):
                 raise ProtocolError(f"a batch of {rows} rows has columns of other lengths")
+            self._check_shapes(feed, columns, partition, meta.get("offset"))
             if partition is not None:
                 skip = self._already_taken((feed, epoch, partition), _count(meta, "offset"), rows)
                 if skip == rows:
@@ -197,6 +222,21 @@ class FeedServer:
                 conn.recv()
             except self._comm.CommClosed:
                 pass
+
+    def _check_shapes(self, feed: str, columns: dict, partition: int | None, offset) -> None:
+        """Every row of a feed has the same columns and per-row shapes (a chunk is uniform, so
+        its first row is the one that differs)."""
+        shapes = {name: array.shape[1:] for name, array in columns.items()}
+        with self._lock:
+            first = self._shapes.setdefault(feed, shapes)
+        if shapes != first:
+            where = (f"partition {partition}, row {offset}" if partition is not None
+                     else "a fed row")
+            odd = next((n for n in shapes if first.get(n) != shapes[n]), None)
+            what = (f"column {odd!r} has shape {shapes[odd]} per row" if odd is not None
+                    else f"columns {sorted(shapes)}")
+            raise FeedError(f"feed {feed!r}, {where}: {what}, but the feed's earlier rows have "
+                            f"{first}; every row must have the same columns and shapes")
 
     def _already_taken(self, key: tuple[str, int, int], offset: int, rows: int) -> int:
         """How many of the rows ``[offset, offset + rows)`` of a partition are in already."""

@@ -50,6 +50,7 @@ class Feeder:
         # with them, so its id cannot be reused): a second train() on them skips the count.
         self._counts: dict[int, tuple[object, list[int]]] = {}
         self.terminated = threading.Event()
+        self._fed_any = False   # an epoch was announced to every worker: they were fed
         self._job_running = threading.Event()
 
     # -- endpoints ----------------------------------------------------------------------------
@@ -108,6 +109,12 @@ class Feeder:
         arrow = _is_dataframe(data)
         counts = self._partition_counts(data)
         ids = self.workers()
+        if sum(counts) < len(ids):
+            raise ConfigError(
+                f"train() got {sum(counts)} rows in {len(counts)} partitions for {len(ids)} "
+                "workers: every worker must get the same number of rows, so nothing would be "
+                "fed. Check the data (a filter that removed everything?); in a streaming "
+                "foreachBatch, skip empty micro-batches (if batch_df.isEmpty(): return)")
         for _ in range(num_epochs):
             self._raise_if_failed()
             if self.terminated.is_set() or self.cluster.state.stop_requested:
@@ -122,6 +129,12 @@ class Feeder:
                                  {"feed": qname, "epoch": epoch, "per_worker": plan.per_worker})
                       for node_id, endpoint in zip(ids, endpoints)]
             if not all(marked):
+                if not self._fed_any:
+                    gone = [self.cluster.state.nodes[i].label for i in ids if self._exited(i)]
+                    raise FeedJobFailed(
+                        f"node {', '.join(gone) or '?'} returned from map_fun before train() "
+                        "fed it any data, so its share would be lost: in InputMode.SPARK, "
+                        "map_fun must read its feed (ctx.get_data_feed(...)) until should_stop()")
                 logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
                             qname, epoch)
                 break
@@ -129,6 +142,7 @@ class Feeder:
                         plan.per_worker, plan.dropped)
             spec = FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
                             arrow=arrow, buffer_bytes=self.cluster.config.feed_buffer_bytes)
+            self._fed_any = True
             try:
                 self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
             except FeedJobFailed:
@@ -217,22 +231,22 @@ class Feeder:
         if self._job_running.is_set():
             self.cluster.sc.cancelJobGroup(self.job_group)
 
+    def _exited(self, node_id: int) -> bool:
+        return self.cluster.state.nodes[node_id].state == m.NodeState.EXITED
+
     def _a_worker_exited(self) -> bool:
-        nodes = self.cluster.state.nodes
-        return any(nodes[i].state == m.NodeState.EXITED for i in self.workers())
+        return any(self._exited(i) for i in self.workers())
 
     def end_of_data(self) -> None:
-        """Tells every worker that each feed it received is over."""
-        if not self._epochs:
-            return
+        """Tells every worker that each feed is over: those it received after their last
+        epoch, any other at once (a map_fun still waiting for data returns)."""
         endpoints = self.endpoints(30)
+        last_epochs = {qname: next_epoch - 1 for qname, next_epoch in self._epochs.items()}
         for node_id, endpoint in zip(self.workers(), endpoints):
-            for qname, next_epoch in self._epochs.items():
-                try:
-                    self._mark(node_id, endpoint, "end_of_data",
-                               {"feed": qname, "last_epoch": next_epoch - 1})
-                except (FeedJobFailed, ClusterFailed) as exc:  # an exited node cannot be told
-                    logger.info("could not send end of data to %s: %s", endpoint.label, exc)
+            try:
+                self._mark(node_id, endpoint, "end_all", {"feeds": last_epochs})
+            except (FeedJobFailed, ClusterFailed) as exc:  # an exited node cannot be told
+                logger.info("could not send end of data to %s: %s", endpoint.label, exc)
 
     def close(self) -> None:
         for conn in self._markers.values():

@@ -34,6 +34,10 @@ def main() -> int:
     except BaseException:  # noqa: B036 - report anything map_fun raised, KeyboardInterrupt too
         traceback.print_exc()
         return 1
+    unread = ctx.unread_feed_error()
+    if unread:
+        print(f"tfos: {unread}", file=sys.stderr)
+        return 1
     return 0
 
 

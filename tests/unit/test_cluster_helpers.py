@@ -133,3 +133,15 @@ def test_summarize_spark_error_of_an_empty_error_names_its_type():
 
     assert summarize_spark_error(Py4JNetworkError()) == "Py4JNetworkError"
     assert summarize_spark_error(RuntimeError("\n\tat a.b(C.java:1)\n")) == "RuntimeError"
+
+
+def test_summarize_spark_error_puts_a_deep_python_exception_first():
+    traceback = [f'  File "/x/mod{i}.py", line {i}, in f{i}\n    call{i}()' for i in range(30)]
+    exc = RuntimeError("An error occurred while calling o1.collect.\nTraceback (most recent call "
+                       "last):\n" + "\n".join(traceback)
+                       + "\ntfos.feed_rows.FeedDataError: partition 1, row 7: bad\n\tat a.b(C.java:1)")
+    summary = summarize_spark_error(exc, max_lines=5)
+    lines = summary.splitlines()
+    assert lines[0] == "tfos.feed_rows.FeedDataError: partition 1, row 7: bad"
+    assert lines[1] == "An error occurred while calling o1.collect."
+    assert len(lines) == 6

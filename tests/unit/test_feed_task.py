@@ -145,3 +145,14 @@ def test_a_retried_partition_is_taken_in_once(node):
     received = []
     consume(server, received)
     assert received == list(range(rows))
+
+
+def test_rows_of_another_shape_in_a_later_message_are_refused_by_the_node(node):
+    server, endpoint = node
+    plan = plan_epoch([3, 3], 1)
+    server.queue("input").announce_epoch(0, 6)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60)
+    assert feed_training_partition(spec, 0, [(np.zeros(4, np.float32), i) for i in range(3)]) == 3
+    with pytest.raises(FeedFailed, match=r"feed 'input', partition 1, row 0: column '0' has "
+                                         r"shape \(5,\) per row, but the feed's earlier rows"):
+        feed_training_partition(spec, 1, [(np.zeros(5, np.float32), i) for i in range(3)])
