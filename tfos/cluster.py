@@ -49,6 +49,7 @@ class TFCluster:
         self._spec: NodeStageSpec | None = None
         self._feeder = None  # tfos.feeding.Feeder in InputMode.SPARK
         self._closed = threading.Event()
+        self._lifecycle = threading.Lock()   # a restart's relaunch, or the final stop
         self._shutdown_done = False
 
     @classmethod
@@ -127,6 +128,10 @@ class TFCluster:
     def _restart(self) -> None:
         """Runs every node again after a failure (max_restarts); the nodes resume from their
         checkpoints. Old nodes are gone first; a new secret shuts out any late message."""
+        with self._lifecycle:   # shutdown waits for a relaunch, or prevents it
+            self._restart_locked()
+
+    def _restart_locked(self) -> None:
         state = self.state
         failure = state.failures[0] if state.failures else None
         try:
@@ -204,10 +209,11 @@ class TFCluster:
                 self._job_thread.join(grace)
 
     def _stop_everything(self) -> None:
-        self._stop_nodes()
+        self._closed.set()
+        with self._lifecycle:
+            self._stop_nodes()
         if self._feeder is not None:
             self._feeder.close()
-        self._closed.set()
         self._service.stop()
 
     # -- public ---------------------------------------------------------------------------

@@ -31,6 +31,9 @@ from tfos.topology import Role
     ({"num_executors": 2, "heartbeat_interval": 5, "heartbeat_timeout": 10},
      "heartbeat_timeout=10"),
     ({"num_executors": 2, "bind_all_interfaces": "yes"}, "bind_all_interfaces='yes'"),
+    ({"num_executors": 2, "max_restarts": -1}, "max_restarts=-1"),
+    ({"num_executors": 2, "feed_stall_timeout": 0}, "feed_stall_timeout=0"),
+    ({"num_executors": 2, "max_restarts": 1, "input_mode": 1}, "max_restarts=1 with InputMode.SPARK"),
 ])
 def test_a_bad_value_raises_config_error_quoting_it(kwargs, quoted):
     with pytest.raises(ConfigError) as info:

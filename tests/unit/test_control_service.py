@@ -422,3 +422,49 @@ def test_check_liveness_ignores_exited_and_unregistered_nodes(control_plane):
     clock.now += 1000
     plane.state.check_liveness()
     assert not plane.state.failures
+
+
+# -- restarts (max_restarts) ---------------------------------------------------------------------
+
+def test_a_failure_with_restarts_left_waits_for_the_restart_instead_of_raising(control_plane):
+    calls = []
+    plane = control_plane(ClusterConfig(num_executors=2, master_node="chief", max_restarts=1),
+                          on_failure=lambda: calls.append("failure"))
+    state = plane.state
+    for node in (CHIEF, WORKER):
+        plane.client.register(register_msg(node))
+    plane.client.status(m.NodeStatus(WORKER, m.NodeState.EXITED, exit_code=-9))
+    assert calls == ["failure"] and state.restarting and state.restarts_left == 0
+    # The other node stops as ordered; shutdown's wait must not raise, nor return.
+    plane.client.status(m.NodeStatus(CHIEF, m.NodeState.EXITED, exit_code=-15, stopped=True))
+    waiter = threading.Thread(target=state.wait_finished, args=(30,))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), "wait_finished returned while the cluster was restarting"
+
+    state.begin_restart()   # the driver relaunches: a fresh set of nodes registers
+    assert state.restart_count == 1 and not state.failures and not state.stop_requested
+    assert [f.node for f in state.past_failures[0]] == ["worker:0@127.0.0.1"]
+    for node in (CHIEF, WORKER):
+        assert plane.client.register(register_msg(node)).accepted
+        plane.client.status(m.NodeStatus(node, m.NodeState.EXITED, exit_code=0))
+    waiter.join(10)
+    assert not waiter.is_alive()
+
+    # With no restart left, the next failure is raised.
+    state.begin_restart()
+    plane.client.register(register_msg(WORKER))
+    plane.client.status(m.NodeStatus(WORKER, m.NodeState.EXITED, exit_code=1))
+    assert not state.restarting
+    with pytest.raises(ClusterFailed, match="worker:0@127.0.0.1"):
+        state.wait_finished(5)
+
+
+def test_a_restart_that_cannot_happen_raises_its_reason(control_plane):
+    plane = control_plane(ClusterConfig(num_executors=2, master_node="chief", max_restarts=3))
+    plane.client.register(register_msg(CHIEF))
+    plane.client.status(m.NodeStatus(CHIEF, m.NodeState.EXITED, exit_code=3))
+    assert plane.state.restarting
+    plane.state.give_up_restart(NodeFailed("cluster restart", "local", "slots never came back"))
+    with pytest.raises(ClusterFailed, match="slots never came back"):
+        plane.state.wait_finished(5)
