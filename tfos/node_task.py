@@ -307,14 +307,15 @@ class NodeSupervisor:
                     threading.Thread(target=child.stop, name="tfos-stop", daemon=True).start()
 
     def _heartbeat(self, child: process.ChildProcess) -> None:
-        silent_since = None
+        # Silence counts from the last reply, not from the first failed call: a call to an
+        # unreachable host fails only at its own deadline (the control client's 10 s).
+        last_reply = time.monotonic()
         while not self.finished.wait(self.config.heartbeat_interval):
             try:
                 reply = self.client.heartbeat(m.Heartbeat(self.role.node_id, self.state))
-                silent_since = None
+                last_reply = time.monotonic()
             except DriverUnreachable as exc:
-                silent_since = silent_since or time.monotonic()
-                if time.monotonic() - silent_since < self.config.heartbeat_timeout:
+                if time.monotonic() - last_reply < self.config.heartbeat_timeout:
                     continue
                 logger.error("stopping node %s: %s", self.role.label, exc)
                 reply = m.HeartbeatReply(m.Command.STOP)
