@@ -105,19 +105,22 @@ link_exists() { ip link show "$1" >/dev/null 2>&1; }
 # -- network ---------------------------------------------------------------------------------
 net_up() {
   local i ns veth ip err
+  for ((i = 1; i <= nhosts; i++)); do
+    ns=$(ns_name "$i")
+    if ! ns_exists "$ns"; then
+      err=$(ip netns add "$ns" 2>&1) || die "cannot create network namespace $ns: $err \
+(network namespaces are not permitted here: needs CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+    fi
+  done
   if ! link_exists "$bridge"; then
-    err=$(ip link add "$bridge" type bridge 2>&1) \
-      || die "cannot create bridge $bridge: $err (is the bridge module available here?)"
+    err=$(ip link add "$bridge" type bridge 2>&1) || die "cannot create bridge $bridge: $err \
+(creating network devices is not permitted here, needs CAP_NET_ADMIN; or no bridge driver)"
   fi
   ip -4 addr show dev "$bridge" | grep -qF " $driver_ip/24 " \
     || ip addr add "$driver_ip/24" dev "$bridge"
   ip link set "$bridge" up
   for ((i = 1; i <= nhosts; i++)); do
     ns=$(ns_name "$i") veth=$(veth_name "$i") ip=$(host_ip "$i")
-    if ! ns_exists "$ns"; then
-      err=$(ip netns add "$ns" 2>&1) \
-        || die "cannot create network namespace $ns: $err (network namespaces are not permitted here)"
-    fi
     if ! link_exists "$veth"; then
       # The host's end is created inside its namespace, named eth0 there.
       err=$(ip link add "$veth" type veth peer name eth0 netns "$ns" 2>&1) \
