@@ -22,7 +22,8 @@
 #   bridge tfos-br0 with 10.213.0.1/24           the driver (a test process) and the master
 #   namespace tfos-h<i> (i = 1..N, N=3)           test host i: lo up, eth0 10.213.0.1<i>/24
 #   veth pair eth0 (in tfos-h<i>) <-> veth-tfos-h<i> (a port of tfos-br0, root namespace)
-# The test hosts have no default route, so nothing in them reaches beyond 10.213.0.0/24. To cut
+# The test hosts have no default route, so nothing in them reaches beyond 10.213.0.0/24, and the
+# daemons are named by their addresses, so none of them asks DNS who they are. To cut
 # host i off (as a test does): ip link set veth-tfos-h<i> down; `up` restores it.
 #
 # Spark (from the pip package, private SPARK_HOME of scripts/spark_home.sh, started with
@@ -267,7 +268,10 @@ EOF
   log "starting master $MASTER_URL (web UI http://$MASTER_HOST:$MASTER_WEBUI_PORT/)"
   # spark-daemon.sh sleeps a few seconds to see whether the JVM survived, and exits 0 either
   # way: it runs in the background and the master's own web UI is what is waited for.
-  "$SPARK_HOME/sbin/spark-daemon.sh" start "$master_class" 1 \
+  # Named by its address (SPARK_LOCAL_HOSTNAME, SPARK_PUBLIC_DNS): otherwise the master looks
+  # 10.213.0.1 up in DNS, a query that leaves the machine.
+  SPARK_LOCAL_HOSTNAME=$driver_ip SPARK_PUBLIC_DNS=$driver_ip \
+    "$SPARK_HOME/sbin/spark-daemon.sh" start "$master_class" 1 \
     --host "$MASTER_HOST" --port "$MASTER_PORT" --webui-port "$MASTER_WEBUI_PORT" >&2 9>&- &
   dpids+=($!)
   spark_wait_up "$MASTER_HOST" "$MASTER_PORT" "$MASTER_WEBUI_PORT" -1 "$deadline" "$master_pidf" || rc=$?
@@ -278,7 +282,7 @@ EOF
       mkdir -p "$wdir"
       log "starting worker $i in $ns on $ip:$worker_port ($cores cores, $memory, dir $wdir)"
       ip netns exec "$ns" env SPARK_LOCAL_IP="$ip" SPARK_LOCAL_HOSTNAME="$ip" \
-        SPARK_WORKER_DIR="$wdir" \
+        SPARK_PUBLIC_DNS="$ip" SPARK_WORKER_DIR="$wdir" \
         "$SPARK_HOME/sbin/spark-daemon.sh" start "$worker_class" "$i" \
         --host "$ip" --port "$worker_port" --webui-port "$worker_ui" --cores "$cores" \
         --memory "$memory" --work-dir "$wdir" "$MASTER_URL" >&2 9>&- &
