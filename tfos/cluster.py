@@ -200,6 +200,10 @@ class TFCluster:
         if self._feeder is not None:
             self._feeder.cancel()
         grace = self.config.kill_grace + 3 * self.config.heartbeat_interval + 2
+        if self.state.lost_node:
+            # The lost node's task will never end its part of the job: waiting for the job is
+            # waiting for the cancel. Give the others time to stop their TF processes only.
+            grace = self.config.kill_grace + self.config.heartbeat_interval + 1
         if self._job_thread is not None:
             self._job_thread.join(grace)
             if self._job_thread.is_alive():

@@ -73,6 +73,7 @@ class ClusterState:
         self.feed_uris: dict[int, list[str]] = {}   # node id -> its feed endpoint's addresses
         self.stop_requested = False
         self.job_ended = False
+        self.lost_node = False   # a node task fell silent: it cannot hear a stop order
 
     def begin_restart(self) -> None:
         """The failed run's nodes are all gone: forget them and expect a new run's nodes."""
@@ -226,6 +227,7 @@ class ClusterState:
                 silent = now - node.last_seen
                 if node.state != m.NodeState.EXITED and silent > self.config.heartbeat_timeout:
                     node.state = m.NodeState.EXITED
+                    self.lost_node = True
                     self._fail(NodeFailed(
                         node.label, node.host,
                         f"its task sent nothing for {silent:.0f}s (executor lost, host "
