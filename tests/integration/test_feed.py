@@ -69,18 +69,17 @@ def test_uneven_empty_and_single_partitions_of_an_rdd(spark_local_cluster_4x1, s
     check_epochs(tmp_path, "input", total, epochs=3)
 
 
-def fail_first_attempt(index, rows):
-    """Partition 1's first attempt fails after 30 rows, as a flaky source or a lost executor
-    would; Spark's retry then succeeds."""
-    from pyspark import TaskContext
-    for n, row in enumerate(rows):
-        if index == 1 and n == 30 and TaskContext.get().attemptNumber() == 0:
-            raise OSError("transient read error")
-        yield row
-
-
 def test_a_retried_feed_task_delivers_each_record_once(spark_local_cluster_4x1,
                                                         spark_feed_cluster, tmp_path):
+    def fail_first_attempt(index, rows):
+        """Partition 1's first attempt fails after 30 rows, as a flaky source or a lost
+        executor would; Spark's retry then succeeds. (Nested: pickled by value.)"""
+        from pyspark import TaskContext
+        for n, row in enumerate(rows):
+            if index == 1 and n == 30 and TaskContext.get().attemptNumber() == 0:
+                raise OSError("transient read error")
+            yield row
+
     rdd, total = uneven_rdd(spark_local_cluster_4x1.sparkContext, [50, 80, 40])
     flaky = rdd.mapPartitionsWithIndex(fail_first_attempt)   # not cached: each pass fails once
     with spark_feed_cluster() as cluster:
