@@ -91,8 +91,7 @@ def mwms_with_fault(args, ctx):
 @pytest.mark.parametrize("how", ["raise", "exit", "kill"])
 def test_a_tf_node_failing_while_training(spark_local_cluster_4x1, when, how):
     cluster = tfos.TFCluster.run(spark_local_cluster_4x1, mwms_with_fault,
-                                 {"when": when, "how": how}, num_executors=3,
-                                 master_node="chief", log_stream=None)
+                                 {"when": when, "how": how}, num_executors=2, log_stream=None)
     with pytest.raises(ClusterFailed) as failed:
         cluster.shutdown(timeout=300)
     check_failure(failed, how, time.time())
