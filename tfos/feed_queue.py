@@ -127,6 +127,12 @@ class FeedQueue:
             self._cond.notify_all()
 
     @property
+    def current_epoch(self) -> int:
+        """The epoch the consumer reads now (earlier ones are over)."""
+        with self._cond:
+            return self._current
+
+    @property
     def unread(self) -> bool:
         """Records were announced or arrived, and the consumer took none (nor terminated)."""
         with self._cond:

@@ -59,10 +59,10 @@ class FeedServer:
         self._buffer_bytes = buffer_bytes
         self._put_timeout = put_timeout
         self._queues: dict[str, FeedQueue] = {}
-        # (feed, epoch, partition) -> rows of that partition taken in so far: a Spark retry of
-        # a feed task sends its partition again from the start, and only the rows not yet
-        # taken go in (each record exactly once).
-        self._taken: dict[tuple[str, int, int], int] = {}
+        # (feed, epoch) -> partition -> rows of it taken in so far: a Spark retry of a feed
+        # task sends its partition again from the start, and only the rows not yet taken go
+        # in (each record exactly once). Epochs the node has read past are forgotten.
+        self._taken: dict[tuple[str, int], dict[int, int]] = {}
         self._shapes: dict[str, dict[str, tuple]] = {}   # feed -> per-row shape of each column
         self._ended: dict[str, int] | None = None        # set by the driver's end_all
         self._lock = threading.Lock()
@@ -204,7 +204,8 @@ class FeedServer:
                 raise ProtocolError(f"a batch of {rows} rows has columns of other lengths")
             self._check_shapes(feed, columns, partition, meta.get("offset"))
             if partition is not None:
-                skip = self._already_taken((feed, epoch, partition), _count(meta, "offset"), rows)
+                skip = self._already_taken(queue, epoch, partition, _count(meta, "offset"),
+                                           rows)
                 if skip == rows:
                     continue
                 columns = {name: array[skip:] for name, array in columns.items()}
@@ -238,11 +239,18 @@ class FeedServer:
             raise FeedError(f"feed {feed!r}, {where}: {what}, but the feed's earlier rows have "
                             f"{first}; every row must have the same columns and shapes")
 
-    def _already_taken(self, key: tuple[str, int, int], offset: int, rows: int) -> int:
+    def _already_taken(self, queue: FeedQueue, epoch: int, partition: int, offset: int,
+                       rows: int) -> int:
         """How many of the rows ``[offset, offset + rows)`` of a partition are in already."""
         with self._lock:
-            taken = self._taken.get(key, 0)
-            self._taken[key] = max(taken, offset + rows)
+            partitions = self._taken.get((queue.name, epoch))
+            if partitions is None:
+                current = queue.current_epoch
+                for key in [k for k in self._taken if k[0] == queue.name and k[1] < current]:
+                    del self._taken[key]
+                partitions = self._taken[(queue.name, epoch)] = {}
+            taken = partitions.get(partition, 0)
+            partitions[partition] = max(taken, offset + rows)
         return min(rows, max(0, taken - offset))
 
     def _send_error(self, conn, message: str) -> None:

@@ -75,7 +75,7 @@ class _Connection:
         try:
             self.comm = comm.connect(uri, secret=spec.secret, timeout=spec.timeout,
                                      max_message=feed_codec.max_message(spec.buffer_bytes),
-                                     **_RESULT_RING if uri.startswith("shm://") else {})
+                                     **_reply_ring(uri, mode))
         except comm.CommError as exc:
             raise FeedFailed(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
         self.comm.send(feed_codec.encode("hello", {"role": "feeder", "feed": spec.feed,
@@ -115,8 +115,12 @@ class _Connection:
         return f"node {self.endpoint.label} {what}"
 
 
-# A training feeder receives only short replies; an inference feeder receives result chunks.
-_RESULT_RING = {"capacity": 16 << 20}
+def _reply_ring(uri: str, mode: str) -> dict:
+    """The shm ring this feeder receives into: a training feeder gets only short replies, an
+    inference feeder result chunks."""
+    if not uri.startswith("shm://"):
+        return {}
+    return {"capacity": 16 << 20 if mode == "inference" else 64 << 10}
 
 
 class _ChunkSizer:

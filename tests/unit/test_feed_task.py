@@ -156,3 +156,21 @@ def test_rows_of_another_shape_in_a_later_message_are_refused_by_the_node(node):
     with pytest.raises(FeedFailed, match=r"feed 'input', partition 1, row 0: column '0' has "
                                          r"shape \(5,\) per row, but the feed's earlier rows"):
         feed_training_partition(spec, 1, [(np.zeros(5, np.float32), i) for i in range(3)])
+
+
+def test_retry_bookkeeping_forgets_epochs_the_node_read_past(node):
+    server, endpoint = node
+    for epoch in range(3):
+        server.queue("input").announce_epoch(epoch, 8)
+        for partition in range(2):
+            spec = FeedSpec("input", epoch, (endpoint,), SECRET, plan_epoch([4, 4], 1, epoch),
+                            timeout=60)
+            assert feed_training_partition(spec, partition, [(np.zeros(2, np.float32), i)
+                                                             for i in range(4)]) == 4
+        received = []
+        feed = DataFeed(server.queue("input"), timeout=60)
+        while (batch := feed.next_columns(3, within_epoch=True)):
+            received.extend(batch["1"])
+        assert len(received) == 8
+    # Epochs 0 and 1 are over: only the last epoch's partitions are remembered.
+    assert sorted(server._taken) == [("input", 2)]
