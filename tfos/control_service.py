@@ -48,8 +48,12 @@ class ControlService:
         self.state = state
         self.host = host
         self._verifier = auth.Verifier(secret)
+        # grpc's server.stop() leaves the pool it was given running: stop() shuts it down, else
+        # its idle threads live on until a cyclic GC collects this service (a few per cluster).
+        self._pool = futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                thread_name_prefix="tfos-control")
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfos-control"),
+            self._pool,
             options=[("grpc.max_receive_message_length", m.MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         handlers = {name: grpc.unary_unary_rpc_method_handler(
@@ -114,6 +118,7 @@ class ControlService:
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait(grace + 1)
+        self._pool.shutdown(wait=False)
 
     def __enter__(self):
         return self.start()
