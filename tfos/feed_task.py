@@ -20,7 +20,7 @@ import numpy as np
 from tfos import feed_codec
 from tfos.errors import TfosError
 from tfos.feed_plan import EpochPlan
-from tfos.feed_rows import arrow_to_columns, rows_to_columns
+from tfos.feed_rows import FeedDataError, arrow_to_columns, rows_to_columns
 
 
 class FeedFailed(TfosError):
@@ -89,10 +89,11 @@ class _Connection:
         nbytes = sum(c.nbytes for c in columns.values())
         if nbytes > self._buffer_bytes:
             what = f"row {first_row}" if rows == 1 else f"rows {first_row}-{first_row + rows - 1}"
-            raise FeedFailed(f"partition {partition}, {what}: {nbytes} bytes, more than the feed "
-                             f"buffer of node {self.endpoint.label} ({self._buffer_bytes} bytes): "
-                             "raise feed_buffer_bytes (TFCluster.run(..., "
-                             "feed_buffer_bytes=...)) or feed smaller records")
+            raise FeedDataError(f"partition {partition}, {what}: {nbytes} bytes, more than the "
+                                f"feed buffer of node {self.endpoint.label} "
+                                f"({self._buffer_bytes} bytes): raise feed_buffer_bytes "
+                                "(TFCluster.run(..., feed_buffer_bytes=...)) or feed smaller "
+                                "records")
         try:
             self.comm.send(feed_codec.encode("batch", {"rows": rows, "offset": first_row},
                                              columns))

@@ -198,9 +198,12 @@ class Feeder:
         finally:
             self._job_running.clear()
         if error and not (self.terminated.is_set() or self.cluster.state.stop_requested):
-            if not self._stopped_consuming():
-                from tfos.cluster import summarize_spark_error
-                raise FeedJobFailed(f"{what} failed: {summarize_spark_error(error[0])}")
+            from tfos.cluster import summarize_spark_error
+            summary = summarize_spark_error(error[0])
+            # Bad data is the data's fault, not a sign of nodes going away: no need to wait
+            # and see whether they stopped consuming.
+            if "FeedDataError: " in summary or not self._stopped_consuming():
+                raise FeedJobFailed(f"{what} failed: {summary}")
         self._raise_if_failed()
 
     def _stopped_consuming(self) -> bool:

@@ -8,6 +8,7 @@ from tfos.data_feed import DataFeed
 from tfos.feed_plan import plan_epoch
 from tfos.feed_server import FeedServer
 from rdma.shm import host_key
+from tfos.feed_rows import FeedDataError
 from tfos.feed_task import (FeedFailed, FeedSpec, NodeEndpoint, choose_uri,
                             feed_training_partition)
 
@@ -76,7 +77,7 @@ def test_a_record_larger_than_the_buffer_fails_naming_partition_row_and_sizes(no
     plan = plan_epoch([0, 3], 1)
     spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=32 << 20)
     data = [(np.zeros(9 << 20, np.float32), i) for i in range(3)]     # 36 MiB each
-    with pytest.raises(FeedFailed, match=r"partition 1, row 0: 37748\d+ bytes, more than the "
+    with pytest.raises(FeedDataError, match=r"partition 1, row 0: 37748\d+ bytes, more than the "
                                          r"feed buffer of node worker:0@127.0.0.1 \(33554432 "
                                          r"bytes\): raise feed_buffer_bytes"):
         feed_training_partition(spec, 1, data)
