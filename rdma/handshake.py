@@ -41,7 +41,7 @@ _ACCEPTED, _REFUSED = b"\x01", b"\x00"
 def check_secret(secret) -> bytes:
     if not isinstance(secret, (bytes, bytearray)):
         raise TypeError(f"the comm secret must be bytes, not {type(secret).__name__} "
-                        "(use the cluster's secret, e.g. tfos.auth.new_secret())")
+                        "(use the cluster's secret, e.g. secrets.token_bytes(32))")
     if len(secret) < MIN_SECRET:
         raise ValueError(f"the comm secret has {len(secret)} bytes; use at least {MIN_SECRET} "
                          "random bytes (e.g. secrets.token_bytes(32))")

@@ -42,19 +42,6 @@ from rdma.errors import CommClosed, CommError, CommTimeout, ConnectFailed, Frame
 from rdma.handshake import connector_handshake, listener_handshake
 from rdma.ring import RingReader, RingWriter
 
-def host_key() -> str:
-    """Who can reach a ``shm://`` socket of this process: the same kernel (boot id) in the same
-    network namespace. A path alone is not enough: test hosts made of network namespaces share
-    one filesystem, and a real second host may share a network home directory."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return socket.gethostname()
-    return f"{boot}.{netns}"
-
-
 MIN_CAPACITY = 64 << 10
 _CONTROL_BUFFER = 64 << 10
 _CONTROL_SNDBUF = 4 << 20

@@ -300,7 +300,7 @@ def _inprocess_main(records: int, epochs: int, batch: int) -> None:
 class WorkerSampler:
     """Samples, from the driver, the RSS of the executors' Python workers every 0.2 s.
 
-    Only descendants of this driver process count. A worker with a ``tfos.node_main``
+    Only descendants of this driver process count. A worker with a ``tfos.node.main``
     descendant runs a node task; the other forked workers are the feed tasks' workers.
     """
 
@@ -346,7 +346,7 @@ class WorkerSampler:
                      for pid, (_, cmd, _) in info.items()}
         runs_node = set()
         for pid, (ppid, cmd, _) in info.items():
-            if "tfos.node_main" in cmd:
+            if "tfos.node.main" in cmd:
                 while ppid in info and not is_worker[ppid]:
                     ppid = info[ppid][0]
                 runs_node.add(ppid)
@@ -567,7 +567,7 @@ def main() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    from tfos.preflight import BARRIER_FAIL_FAST
+    from tfos.driver.preflight import BARRIER_FAIL_FAST
 
     def step(what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ for the feed tasks) runs, in this order:
    file of its own (rows, id sum, a bitmap of the ids, its own RSS / fds / threads). The
    script then checks that every epoch gave every worker exactly ``records // 2`` records,
    none twice, none to both workers. Progress: one line per epoch, from tfos's INFO log line
-   that announces it (``tfos.feeding``), with a checkpoint of every process's memory.
+   that announces it (``tfos.driver.feeder``), with a checkpoint of every process's memory.
 2. **Start/stop cycles**: ``--cycles`` clusters of 3 nodes (InputMode.TENSORFLOW, a
    ``map_fun`` that returns at once and imports no TensorFlow), each started and shut down.
    After every cycle: the driver's threads and open fds, and the TF node / process-guard
@@ -22,7 +22,7 @@ for the feed tasks) runs, in this order:
 Memory is watched two ways. A sampler thread (every ``--interval`` s) reads with psutil the
 RSS, threads and fds of every process of the application: the driver (this process), the
 driver JVM (the ``SparkSubmit`` java child), the executor JVMs, the Python workers (each
-executor's ``pyspark.daemon`` and its forked workers) and the TF nodes (``tfos.node_main``);
+executor's ``pyspark.daemon`` and its forked workers) and the TF nodes (``tfos.node.main``);
 it keeps only per-phase peaks, so it holds no growing history. Checkpoints (at epoch starts,
 every N cycles, before and after each phase) also run ``gc.collect()`` here and
 ``System.gc()`` in the driver JVM and record the JVM's heap in use
@@ -99,9 +99,9 @@ def kind_of(cmdline: list[str]) -> str:
         return "driver_jvm"
     if "pyspark.daemon" in joined or "pyspark.worker" in joined:
         return "py_worker"   # the daemon and its forked workers share its command line
-    if "tfos.process_guard" in joined:
+    if "tfos.executor.process_guard" in joined:
         return "guard"       # before it execs its command
-    if "tfos.node_main" in joined:
+    if "tfos.node.main" in joined:
         return "node"
     return "other"
 
@@ -372,7 +372,7 @@ def return_at_once(args, ctx):
 
 # -- phase 1: feed soak --------------------------------------------------------------------------
 class EpochLog(logging.Handler):
-    """Turns tfos.feeding's "feed 'input' epoch N: ..." INFO line into a progress callback."""
+    """Turns tfos.driver.feeder's "feed 'input' epoch N: ..." INFO line into a progress callback."""
 
     def __init__(self, on_epoch):
         super().__init__(logging.INFO)
@@ -427,7 +427,7 @@ def feed_soak(spark, args, probe: Probe, deadline: float, start: float, tag: str
               f"{describe(cps[-1])}", flush=True)
 
     handler = EpochLog(on_epoch)
-    feed_log = logging.getLogger("tfos.feeding")
+    feed_log = logging.getLogger("tfos.driver.feeder")
     feed_log.addHandler(handler)
     feed_log.setLevel(logging.INFO)
     out = tempfile.mkdtemp(prefix="tfos-soak-")
@@ -766,7 +766,7 @@ def main() -> None:
 
     from pyspark.sql import SparkSession
 
-    from tfos.preflight import BARRIER_FAIL_FAST
+    from tfos.driver.preflight import BARRIER_FAIL_FAST
     print(f"{stamp(start)} Spark session on {args.master} (tag {tag}); load average "
           f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} on {os.cpu_count()} cores",
           flush=True)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TFOS_PROCESS_MARKERS = ("tfos.node_main", "tfos.process_guard", "tensorboard.main")
+TFOS_PROCESS_MARKERS = ("tfos.node.main", "tfos.executor.process_guard", "tensorboard.main")
 # Every process this test session starts (Spark executors, and through them the TF nodes)
 # inherits this variable, so the leftover check sees our processes and nobody else's.
 SESSION_MARK = "TFOS_TEST_SESSION"
@@ -39,7 +39,7 @@ class SparkSessions:
         if self.key != key:
             self.stop()
             from pyspark.sql import SparkSession
-            from tfos.preflight import BARRIER_FAIL_FAST
+            from tfos.driver.preflight import BARRIER_FAIL_FAST
             builder = SparkSession.builder.master(master).appName("tfos-tests")
             for k, v in {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **conf}.items():
                 builder = builder.config(k, v)

@@ -13,7 +13,7 @@ import pytest
 
 import tfos
 from tfos import ClusterFailed, ConfigError
-from tfos.feeding import FeedJobFailed
+from tfos import FeedJobFailed
 
 
 def read_all(args, ctx):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.multihost
 TESTNET = str(REPO / "scripts" / "testnet.sh")
 DRIVER_IP = "10.213.0.1"
 NAMESPACE_OF = {f"10.213.0.1{i}": f"tfos-h{i}" for i in (1, 2, 3)}   # host address -> netns
-NODE_MARKERS = ("tfos.node_main", "tfos.process_guard")
+NODE_MARKERS = ("tfos.node.main", "tfos.executor.process_guard")
 
 
 def privilege_problem() -> str | None:
@@ -187,7 +187,7 @@ def test_a_cluster_spread_over_the_hosts_trains_with_mwms(spark_testnet_3_hosts,
 # -- b: InputMode.SPARK across hosts --------------------------------------------------------------
 def collect_and_trace_feeders(args, ctx):
     """Like test_feed.collect_epochs, and records how each feeder reached this node."""
-    from tfos import feed_server
+    from tfos.node import feed_server
     connections, lock = [], threading.Lock()
     serve_feeder = feed_server.FeedServer._serve_feeder
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from tfos import auth
-from tfos.cluster_state import ClusterState
-from tfos.config import ClusterConfig
-from tfos.control_client import ControlClient
-from tfos.control_service import ControlService
-from tfos.node_task import python_version, tensorflow_version
+from tfos.core import auth
+from tfos.driver.cluster_state import ClusterState
+from tfos.core.config import ClusterConfig
+from tfos.executor.control_client import ControlClient
+from tfos.driver.control_service import ControlService
+from tfos.core.runtime import python_version, tensorflow_version
 
 HOST = "127.0.0.1"
 
@@ -103,3 +103,16 @@ def _live_children() -> list[psutil.Process]:
             if proc.status() != psutil.STATUS_ZOMBIE:
                 live.append(proc)
     return live
+
+
+@pytest.fixture
+def launch_record():
+    """Makes a node's launch record (tfos.core.launch) for a worker, with ``fields`` changed."""
+    return make_launch_record
+
+
+def make_launch_record(**fields):
+    from tfos.core import launch
+    defaults = {"node_id": 0, "job_name": "worker", "task_index": 0, "num_workers": 1,
+                "cluster_spec": {}, "default_fs": "file:///", "working_dir": "/w", "host": "h"}
+    return launch.LaunchRecord(**{**defaults, **fields})

@@ -1,12 +1,12 @@
-"""Request signatures of the control plane (``tfos.auth``): forgeries, replays, stale requests."""
+"""Request signatures of the control plane (``tfos.core.auth``): forgeries, replays, stale requests."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from tfos import auth
-from tfos.errors import AuthenticationError
+from tfos.core import auth
+from tfos.core.errors import AuthenticationError
 
 METHOD = "/tfos.Control/Register"
 BODY = b'{"v":1,"type":"Register","body":{}}'

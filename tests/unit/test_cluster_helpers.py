@@ -1,4 +1,4 @@
-"""Driver-side helpers of ``tfos.cluster`` that need no Spark: pickling ``map_fun`` for the
+"""Driver-side helpers of ``tfos.driver.cluster`` that need no Spark: pickling ``map_fun`` for the
 nodes, telling user modules from installed ones, and summarising Spark errors."""
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import types
 
 import pytest
 
-from tfos import topology
-from tfos.cluster import _is_user_module, pickle_map_fun, summarize_spark_error
-from tfos.errors import ConfigError
+from tfos.core import topology
+from tfos.driver.cluster import _is_user_module, pickle_map_fun
+from tfos.driver.spark_errors import summarize as summarize_spark_error
+from tfos.core.errors import ConfigError
 
 
 def test_pickle_map_fun_names_a_function_that_captures_a_lock():
@@ -139,9 +140,9 @@ def test_summarize_spark_error_puts_a_deep_python_exception_first():
     traceback = [f'  File "/x/mod{i}.py", line {i}, in f{i}\n    call{i}()' for i in range(30)]
     exc = RuntimeError("An error occurred while calling o1.collect.\nTraceback (most recent call "
                        "last):\n" + "\n".join(traceback)
-                       + "\ntfos.feed_rows.FeedDataError: partition 1, row 7: bad\n\tat a.b(C.java:1)")
+                       + "\ntfos.core.errors.FeedDataError: partition 1, row 7: bad\n\tat a.b(C.java:1)")
     summary = summarize_spark_error(exc, max_lines=5)
     lines = summary.splitlines()
-    assert lines[0] == "tfos.feed_rows.FeedDataError: partition 1, row 7: bad"
+    assert lines[0] == "tfos.core.errors.FeedDataError: partition 1, row 7: bad"
     assert lines[1] == "An error occurred while calling o1.collect."
     assert len(lines) == 6

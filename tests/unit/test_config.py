@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
-from tfos.config import ClusterConfig, InputMode
-from tfos.errors import ConfigError, TfosError
-from tfos.topology import Role
+from tfos.core.config import ClusterConfig, InputMode
+from tfos.core.errors import ConfigError, TfosError
+from tfos.core.topology import Role
 
 
 @pytest.mark.parametrize("kwargs, quoted", [

@@ -8,13 +8,14 @@ from concurrent import futures
 import grpc
 import pytest
 
-from tfos import auth
-from tfos import messages as m
-from tfos.config import ClusterConfig
-from tfos.control_client import ControlClient, DriverUnreachable
-from tfos.control_service import method_path
-from tfos.errors import ClusterFailed, NodeFailed, ReservationTimeout, ShutdownTimeout
-from tfos.node_task import python_version, tensorflow_version
+from tfos.core import auth
+from tfos.core import messages as m
+from tfos.core.config import ClusterConfig
+from tfos import DriverUnreachable
+from tfos.executor.control_client import ControlClient
+from tfos.core.messages import method_path
+from tfos.core.errors import ClusterFailed, NodeFailed, ReservationTimeout, ShutdownTimeout
+from tfos.core.runtime import python_version, tensorflow_version
 
 HOST = "127.0.0.1"
 CHIEF, WORKER = 0, 1
@@ -185,7 +186,7 @@ def test_an_oversized_request_is_refused_by_the_transport(control_chief_worker):
 
 
 def test_an_unreachable_driver_raises_driver_unreachable_with_advice():
-    from tfos.process import reserved_port
+    from tfos.executor.process import reserved_port
     with reserved_port(HOST) as port:  # bound, never listening: connection refused
         with ControlClient(f"{HOST}:{port}", auth.new_secret(), timeout=1) as client:
             with pytest.raises(DriverUnreachable) as info:

@@ -4,9 +4,9 @@ import threading
 import numpy as np
 import pytest
 
-from tfos.data_feed import DataFeed
-from tfos.errors import FeedUsageError
-from tfos.feed_queue import Chunk, FeedQueue
+from tfos.node.data_feed import DataFeed
+from tfos.core.errors import FeedUsageError
+from tfos.node.feed_queue import Chunk, FeedQueue
 
 
 def feeding(epochs, replies=None, row_width=3):

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tfos import feed_codec
-from tfos.errors import ProtocolError
+from tfos.core import feed_codec
+from tfos.core import feed_messages as fm
+from tfos.core.errors import ProtocolError
 
 
 def join(parts) -> bytes:
@@ -19,10 +20,10 @@ def join(parts) -> bytes:
 def test_round_trip_of_mnist_shaped_columns_without_copies():
     images = np.random.default_rng(0).random((100, 784), dtype=np.float32)
     labels = np.arange(100, dtype=np.int64)
-    message = bytearray(join(feed_codec.encode("batch", {"seq": 3},
+    message = bytearray(join(feed_codec.encode(fm.Batch(100, offset=3),
                                                {"image": images, "label": labels})))
-    kind, meta, columns = feed_codec.decode(message)
-    assert (kind, meta) == ("batch", {"seq": 3})
+    typed, columns = feed_codec.decode(message)
+    assert typed == fm.Batch(100, offset=3)
     np.testing.assert_array_equal(columns["image"], images)
     np.testing.assert_array_equal(columns["label"], labels)
     assert columns["image"].ctypes.data % feed_codec.ALIGN == \
@@ -32,8 +33,32 @@ def test_round_trip_of_mnist_shaped_columns_without_copies():
 
 
 def test_control_messages_carry_no_columns():
-    assert feed_codec.decode(join(feed_codec.encode("end", {"records": 7}))) == \
-        ("end", {"records": 7}, {})
+    assert feed_codec.decode(join(feed_codec.encode(fm.End(7)))) == (fm.End(7), {})
+
+
+def test_every_feed_message_round_trips_and_decodes_only_as_what_the_reader_expects():
+    samples = [fm.FeederHello("input", 2, fm.FeedMode.INFERENCE, None),
+               fm.FeederHello("q", 0, fm.FeedMode.TRAIN, 5), fm.Batch(3, 7), fm.End(9),
+               fm.DriverHello(), fm.EpochStart("input", 1, 40), fm.EpochCut("input", 1),
+               fm.EndAll({"input": 3, "other": -1}), fm.Done(), fm.Results(4), fm.Ok(),
+               fm.Error("why")]
+    assert {type(s) for s in samples} == set(fm.ALL)
+    for sample in samples:
+        assert feed_codec.decode(join(feed_codec.encode(sample)))[0] == sample
+    with pytest.raises(ProtocolError, match="driver message, got 'Batch'"):
+        feed_codec.decode(join(feed_codec.encode(fm.Batch(1))), fm.FROM_DRIVER, "driver message")
+
+
+@pytest.mark.parametrize("header, match", [
+    ({"v": 2, "type": "Batch", "body": {"rows": 1}}, "protocol version 2 is not 1"),
+    ({"v": 1, "type": "Batch", "body": {"rows": -1}}, r"Batch\.rows must be a non-negative integer"),
+    ({"v": 1, "type": "Batch", "body": {"rows": 1, "secret": 1}}, "no fields"),
+    ({"v": 1, "type": "EndAll", "body": {"feeds": {"input": "3"}}}, r"EndAll\.feeds\['input'\] must be int"),
+    ({"kind": "batch", "meta": {"rows": 1}}, "envelope"),
+])
+def test_feed_headers_are_typed_and_versioned(header, match):
+    with pytest.raises(ProtocolError, match=match):
+        feed_codec.decode(forged({**header, "columns": []}))
 
 
 @settings(max_examples=100, deadline=None)
@@ -43,7 +68,7 @@ def test_control_messages_carry_no_columns():
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)), max_size=4))
 def test_any_supported_columns_round_trip(arrays):
     columns = {f"c{i}": a for i, a in enumerate(arrays)}
-    _, _, decoded = feed_codec.decode(join(feed_codec.encode("batch", {}, columns)))
+    _, decoded = feed_codec.decode(join(feed_codec.encode(fm.Batch(0), columns)))
     assert list(decoded) == list(columns)
     for name, array in columns.items():
         assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
@@ -76,12 +101,13 @@ def forged(header: dict, body: bytes = b"") -> bytes:
 ])
 def test_forged_columns_are_refused(column, match):
     with pytest.raises(ProtocolError, match=match):
-        feed_codec.decode(forged({"kind": "batch", "meta": {}, "columns": [column]}, b"\0" * 8))
+        feed_codec.decode(forged({"v": fm.VERSION, "type": "Batch", "body": {"rows": 1},
+                                  "columns": [column]}, b"\0" * 8))
 
 
 def test_object_arrays_are_never_sent():
     with pytest.raises(ProtocolError, match="cannot carry"):
-        feed_codec.encode("batch", {}, {"x": np.array([object()])})
+        feed_codec.encode(fm.Batch(1), {"x": np.array([object()])})
 
 
 def test_a_header_longer_than_the_message_is_refused():

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfos.errors import ConfigError
-from tfos.feed_plan import plan_epoch
+from tfos.core.errors import ConfigError
+from tfos.core.feed_plan import plan_epoch
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from tfos.feed_queue import Chunk, FeedError, FeedQueue
+from tfos.core.errors import FeedError
+from tfos.node.feed_queue import Chunk, FeedQueue
 
 
 def chunk(epoch, rows, start=0, row_bytes=8):

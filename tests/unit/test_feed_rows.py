@@ -4,7 +4,8 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import Row
 
-from tfos.feed_rows import FeedDataError, arrow_to_columns, rows_to_columns
+from tfos import FeedDataError
+from tfos.core.feed_rows import arrow_to_columns, rows_to_columns
 
 
 def test_tuple_rows_of_vector_and_label():

@@ -4,13 +4,12 @@ import threading
 import numpy as np
 import pytest
 
-from tfos.data_feed import DataFeed
-from tfos.feed_plan import plan_epoch
-from tfos.feed_server import FeedServer
-from rdma.shm import host_key
-from tfos.feed_rows import FeedDataError
-from tfos.feed_task import (FeedFailed, FeedSpec, NodeEndpoint, choose_uri,
-                            feed_training_partition)
+from tfos.node.data_feed import DataFeed
+from tfos.core.feed_plan import plan_epoch
+from tfos.node.feed_server import FeedServer
+from rdma import ConnectFailed, peer
+from tfos import FeedDataError, FeedFailed
+from tfos.executor.feed_task import FeedSpec, NodeEndpoint, feed_training_partition
 
 SECRET = b"s" * 32
 
@@ -19,7 +18,7 @@ SECRET = b"s" * 32
 def node(request, tmp_path):
     server = FeedServer(["tcp://127.0.0.1:0", f"shm://{tmp_path}/feed.sock"], SECRET,
                         buffer_bytes=32 << 20)
-    uris = tuple(f"{u}#{host_key()}" if u.startswith("shm://") else u
+    uris = tuple(peer.advertise(u, "127.0.0.1")
                  for u in server.addresses if u.startswith(request.param))
     yield server, NodeEndpoint("worker:0@127.0.0.1", uris)
     server.close()
@@ -114,15 +113,21 @@ def test_shared_memory_only_for_a_node_on_this_host(tmp_path):
     tcp = "tcp://10.0.0.2:4000"
 
     def chosen(key, path=sock):
-        return choose_uri(NodeEndpoint("worker:0@h", (f"shm://{path}#{key}", tcp)))
+        return peer.choose((f"shm://{path}#{key}", tcp))
 
-    assert chosen(host_key()) == f"shm://{sock}"
+    assert chosen(peer.host_key()) == f"shm://{sock}"
+    assert peer.advertise(f"shm://{sock}", "h") == f"shm://{sock}#{peer.host_key()}"
     # Another network namespace or kernel: the path may exist here (shared filesystem) but the
     # node is on another host.
     assert chosen("other-boot.4026531840") == tcp
-    assert chosen(host_key(), tmp_path / "gone.sock") == tcp
+    assert chosen(peer.host_key(), tmp_path / "gone.sock") == tcp
+    assert peer.choose((f"shm://{sock}#{peer.host_key()}", tcp), same_host=False) == tcp
+    with pytest.raises(ConnectFailed, match="no address reachable"):
+        peer.choose((f"shm://{sock}#elsewhere",))
+    endpoint = NodeEndpoint("worker:0@h", (f"shm://{sock}#elsewhere",))
     with pytest.raises(FeedFailed, match="no feed address reachable"):
-        choose_uri(NodeEndpoint("worker:0@h", (f"shm://{sock}#elsewhere",)))
+        feed_training_partition(FeedSpec("input", 0, (endpoint,), SECRET, plan_epoch([1], 1)),
+                                0, [(np.zeros(1), 0)])
 
 
 def test_a_retried_partition_is_taken_in_once(node):

@@ -1,4 +1,4 @@
-"""Path qualification against the default filesystem (``tfos.fs.absolute_path``)."""
+"""Path qualification against the default filesystem (``tfos.core.paths.absolute_path``)."""
 from __future__ import annotations
 
 import getpass
@@ -6,8 +6,8 @@ import getpass
 import pytest
 
 from tfos import TFNode
-from tfos.context import NodeContext
-from tfos.fs import absolute_path
+from tfos.node.context import NodeContext
+from tfos.core.paths import absolute_path
 
 WD = "/var/spark/work/app-1/0"
 
@@ -40,10 +40,8 @@ def test_a_relative_path_on_hdfs_lands_in_the_users_home():
         f"hdfs://nn:8020/user/{user}/mnist/model"
 
 
-def test_ctx_and_tfnode_helpers_qualify_against_the_nodes_filesystem():
-    ctx = NodeContext({"job_name": "worker", "task_index": 0, "node_id": 0, "num_workers": 1,
-                       "cluster_spec": {}, "default_fs": "hdfs://nn:8020", "working_dir": WD,
-                       "host": "h"})
+def test_ctx_and_tfnode_helpers_qualify_against_the_nodes_filesystem(launch_record):
+    ctx = NodeContext(launch_record(default_fs="hdfs://nn:8020", working_dir=WD))
     assert ctx.absolute_path("/data") == "hdfs://nn:8020/data"
     assert TFNode.hdfs_path(ctx, "/data") == "hdfs://nn:8020/data"
     assert TFNode.hdfs_path(ctx, "s3a://b/k") == "s3a://b/k"

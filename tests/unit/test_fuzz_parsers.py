@@ -37,10 +37,13 @@ from rdma import framing, handshake
 from rdma._io import Channel, Deadline, FrameReader
 from rdma.errors import AuthFailed, CommClosed, CommError, CommTimeout, FrameError
 from rdma.ring import ALIGN, RingReader
-from tfos import auth, feed_codec
-from tfos import messages as m
-from tfos.errors import AuthenticationError, ProtocolError
-from tfos.feed_server import FeedServer
+from tfos.core import auth
+from feed_forgery import forge, kind_of
+from tfos.core import feed_codec
+from tfos.core import feed_messages as fm
+from tfos.core import messages as m
+from tfos.core.errors import AuthenticationError, ProtocolError
+from tfos.node.feed_server import FeedServer
 
 SECRET = bytes(range(50, 82))
 
@@ -70,10 +73,10 @@ def feed_message(header, body: bytes = b"") -> bytes:
 def decodes_or_protocol_error(message: bytes) -> dict | None:
     """The contract of feed_codec.decode, checked on what it returns (its columns)."""
     try:
-        kind, meta, columns = feed_codec.decode(message)
+        typed, columns = feed_codec.decode(message)
     except ProtocolError:
         return None
-    assert isinstance(kind, str) and isinstance(meta, dict) and isinstance(columns, dict)
+    assert isinstance(typed, fm.ALL) and isinstance(columns, dict)
     raw = np.frombuffer(message, np.uint8) if len(message) else None
     for name, column in columns.items():
         assert isinstance(name, str)
@@ -100,20 +103,23 @@ column_specs = st.fixed_dictionaries(
 
 
 @bounded(400)
-@given(kind=st.text(max_size=6) | json_values, meta=st.dictionaries(st.text(max_size=6),
-       json_values, max_size=3) | json_values,
+@given(kind=st.sampled_from([c.__name__ for c in fm.ALL]) | st.text(max_size=6) | json_values,
+       meta=st.dictionaries(st.sampled_from(["rows", "offset", "feed", "epoch"]) |
+                            st.text(max_size=6), json_values, max_size=3) | json_values,
        columns=st.lists(column_specs, max_size=4) | json_values,
        body=st.binary(max_size=700))
-@example(kind="batch", meta={}, columns=[{"name": "x", "dtype": "|S0", "shape": [3],
-                                          "offset": 0, "nbytes": 0}], body=b"")
-@example(kind="batch", meta={}, columns=[{"name": "x", "dtype": "<f4", "shape": [0] * 100,
-                                          "offset": 0, "nbytes": 0}], body=b"")
-@example(kind="batch", meta={}, columns=[{"name": "x", "dtype": "<f4", "shape": [1],
-                                          "offset": 0, "nbytes": 4}] * 2, body=bytes(64))
+@example(kind="Batch", meta={"rows": 3}, columns=[{"name": "x", "dtype": "|S0", "shape": [3],
+                                                   "offset": 0, "nbytes": 0}], body=b"")
+@example(kind="Batch", meta={"rows": 0}, columns=[{"name": "x", "dtype": "<f4",
+                                                   "shape": [0] * 100, "offset": 0,
+                                                   "nbytes": 0}], body=b"")
+@example(kind="Batch", meta={"rows": 1}, columns=[{"name": "x", "dtype": "<f4", "shape": [1],
+                                                   "offset": 0, "nbytes": 4}] * 2,
+         body=bytes(64))
 def test_forged_feed_headers_decode_or_raise_protocol_error(kind, meta, columns, body):
     """Regressions (the @examples): a zero-width string dtype and a column of 100 dimensions
     raised numpy's ValueError; two columns of one name silently kept the second."""
-    header = {"kind": kind, "meta": meta, "columns": columns}
+    header = {"v": fm.VERSION, "type": kind, "body": meta, "columns": columns}
     decoded = decodes_or_protocol_error(feed_message(header, body))
     if decoded is not None:
         assert len(decoded) == len(columns)      # every column described is there, once
@@ -146,11 +152,10 @@ def mutate(data: bytes, edits) -> bytes:
 
 
 @bounded(300)
-@given(columns=valid_columns, meta=st.dictionaries(st.text(max_size=5), json_values,
-                                                   max_size=3), edits=mutations)
+@given(columns=valid_columns, rows=st.integers(0, 1 << 20), edits=mutations)
 def test_mutated_feed_messages_decode_or_raise_protocol_error_within_bounded_memory(
-        columns, meta, edits):
-    message = mutate(b"".join(bytes(p) for p in feed_codec.encode("batch", meta, columns)),
+        columns, rows, edits):
+    message = mutate(b"".join(bytes(p) for p in feed_codec.encode(fm.Batch(rows), columns)),
                      edits)
     tracemalloc.start()
     try:
@@ -495,21 +500,21 @@ def _join(parts) -> bytes:
     return b"".join(bytes(p) for p in parts)
 
 
-def _hello(**meta) -> list[bytes]:
-    return [_join(feed_codec.encode("hello", {"role": "feeder", "feed": "input", "epoch": 0,
-                                              **meta}))]
+def _hello(**body) -> list[bytes]:
+    return [_join(forge("FeederHello", {"feed": "input", "epoch": 0, **body}))]
 
 
 feed_meta = st.fixed_dictionaries({}, optional={
-    "role": st.sampled_from(["feeder", "driver", "x"]) | json_values,
+    "feeds": st.dictionaries(st.sampled_from(["input", "other"]), st.integers(-2, 3))
+    | json_values, "offset": st.integers(-1, 4) | json_values,
+    "partition": st.integers(-1, 3) | st.none(), "message": st.text(max_size=5),
     "feed": st.sampled_from(["input", "other"]) | json_values,
     "epoch": st.integers(-2, 3) | json_values, "rows": st.integers(-1, 4) | json_values,
     "per_worker": st.integers(-1, 4) | json_values, "last_epoch": st.integers(-1, 3),
     "mode": st.sampled_from(["train", "inference"]), "records": st.integers(0, 4)})
 feed_messages = st.one_of(
-    st.builds(lambda kind, meta, columns: [_join(feed_codec.encode(kind, meta, columns))],
-              st.sampled_from(["hello", "batch", "end", "epoch", "cut", "end_of_data", "ok",
-                               "results", "?"]), feed_meta,
+    st.builds(lambda kind, body, columns: [_join(forge(kind, body, columns))],
+              st.sampled_from([c.__name__ for c in fm.ALL] + ["?"]), feed_meta,
               st.dictionaries(st.sampled_from(["x", "y"]),
                               hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=2,
                                                                     max_side=4)), max_size=2)),
@@ -521,10 +526,8 @@ feed_messages = st.one_of(
 @given(conversation=st.lists(feed_messages, min_size=1, max_size=5))
 @example(conversation=[_hello(epoch="zero")])
 @example(conversation=[_hello(epoch=float("inf"))])
-@example(conversation=[_hello(), [_join(feed_codec.encode("batch", {"rows": "two"},
-                                                          {"x": np.arange(2)}))]])
-@example(conversation=[_hello(), [_join(feed_codec.encode("batch", {"rows": 1},
-                                                          {"x": np.array(7)}))]])
+@example(conversation=[_hello(), [_join(forge("Batch", {"rows": "two"}, {"x": np.arange(2)}))]])
+@example(conversation=[_hello(), [_join(forge("Batch", {"rows": 1}, {"x": np.array(7)}))]])
 def test_any_authenticated_conversation_gets_answers_never_a_crash(live_feed_server,
                                                                      conversation):
     """Whatever an authenticated peer sends, the node answers (ok, done, error) or hangs up;
@@ -546,7 +549,7 @@ def test_any_authenticated_conversation_gets_answers_never_a_crash(live_feed_ser
             replies = []
             for _ in range(len(conversation) + 2):
                 try:
-                    replies.append(feed_codec.decode(comm.recv(timeout=5))[0])
+                    replies.append(kind_of(comm.recv(timeout=5)))
                 except CommClosed:
                     break
                 except CommTimeout:

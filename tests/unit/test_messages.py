@@ -1,4 +1,4 @@
-"""The typed control messages and their JSON wire form (``tfos.messages``).
+"""The typed control messages and their JSON wire form (``tfos.core.messages``).
 
 Whatever bytes arrive, ``decode`` returns the expected message or raises ProtocolError.
 """
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfos import messages as m
-from tfos.errors import ProtocolError
+from tfos.core import messages as m
+from tfos.core.errors import ProtocolError
 
 SAMPLES = [
     m.Register(node_id=3, attempt=0, host="10.1.2.3", tf_port=40123, pid=4242,

@@ -1,8 +1,8 @@
-"""The node task run in-process without Spark (``tfos.node_task.run_node``).
+"""The node task run in-process without Spark (``tfos.executor.node_task.run_node``).
 
 Each test runs its node tasks as threads, each with a ``Barrier`` of its own over a
 ``threading.Barrier``, against a real control service; each node task starts a real TF node
-process (``python -m tfos.node_main``) whose ``map_fun`` is plain Python (no TensorFlow).
+process (``python -m tfos.node.main``) whose ``map_fun`` is plain Python (no TensorFlow).
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tfos import messages as m
-from tfos.cluster import pickle_map_fun
-from tfos.config import ClusterConfig
-from tfos.context import ClusterServer, NodeContext
-from tfos.errors import ClusterFailed
-from tfos.node_task import (NodeStageSpec, NodeSupervisor, python_version, run_node,
-                            tensorflow_version)
+from tfos.core import messages as m
+from tfos.driver.cluster import pickle_map_fun
+from tfos.core.config import ClusterConfig
+from tfos.node.context import ClusterServer, NodeContext
+from tfos.core import launch
+from tfos.core.errors import ClusterFailed, ProtocolError
+from tfos.core.runtime import python_version, tensorflow_version
+from tfos.executor.node_task import NodeStageSpec, NodeSupervisor, run_node
 
 HOST = "127.0.0.1"
 FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=5.0, kill_grace=1.0)
@@ -40,7 +41,7 @@ class GatherGroup:
 
 
 class ThreadBarrier:
-    """A ``tfos.node_task.Barrier`` for node tasks run as threads of this process."""
+    """A ``tfos.executor.node_task.Barrier`` for node tasks run as threads of this process."""
 
     def __init__(self, group: GatherGroup, node_id: int, attempt: int = 0, host: str = HOST):
         self.group = group
@@ -261,7 +262,7 @@ def test_tensorboard_lines_after_the_tf_output_ends_are_still_forwarded(control_
     assert "[worker:0@127.0.0.1] tensorboard: still serving" in plane.log.getvalue()
 
 
-def test_cluster_server_join_notifies_serving_before_blocking():
+def test_cluster_server_join_notifies_serving_before_blocking(launch_record):
     read_fd, write_fd = os.pipe()
     events = []
 
@@ -271,48 +272,49 @@ def test_cluster_server_join_notifies_serving_before_blocking():
         def join(self):
             events.append(os.read(read_fd, 100))
 
-    info = {"job_name": "ps", "task_index": 0, "node_id": 0, "num_workers": 1,
-            "cluster_spec": {"ps": ["h:1"], "worker": ["h:2"]}, "default_fs": "file:///",
-            "working_dir": "/w", "host": "h"}
-    ctx = NodeContext(info, status_fd=write_fd)
+    ctx = NodeContext(launch_record(job_name="ps", cluster_spec={"ps": ["h:1"],
+                                                                 "worker": ["h:2"]},
+                                    status_fd=write_fd))
     try:
         server = ClusterServer(Server(), ctx._notify_serving)
         server.join()
-        assert events == [b"serving\n"]  # written before the server's join ran
+        # written before the server's join ran
+        assert [launch.decode_event(e) for e in events] == [launch.Serving()]
         assert server.target == "grpc://localhost:1"  # the rest is the TF server's
     finally:
         os.close(read_fd)
         os.close(write_fd)
 
 
-def test_node_context_from_environment_consumes_its_variables(monkeypatch):
-    info = {"job_name": "worker", "task_index": 1, "node_id": 2, "num_workers": 2,
-            "cluster_spec": {"chief": ["a:1"], "worker": ["b:2", "c:3"]},
-            "default_fs": "hdfs://nn:8020", "working_dir": "/w", "host": "c", "log_dir": "/l"}
-    monkeypatch.setenv("TFOS_NODE_INFO", json.dumps(info))
-    monkeypatch.setenv("TFOS_STATUS_FD", "9")
-    ctx = NodeContext.from_environment()
-    assert "TFOS_NODE_INFO" not in os.environ and "TFOS_STATUS_FD" not in os.environ
+def test_node_context_comes_from_the_launch_message(launch_record):
+    cluster_spec = {"chief": ["a:1"], "worker": ["b:2", "c:3"]}
+    record = launch_record(job_name="worker", task_index=1, node_id=2, num_workers=2,
+                           cluster_spec=cluster_spec, default_fs="hdfs://nn:8020", host="c",
+                           log_dir="/l", status_fd=9, restart=1)
+    message = launch.encode(record, b"s" * 32, b"payload")
+    assert launch.decode(message) == (record, b"s" * 32, b"payload")
+    ctx = NodeContext(launch.decode(message)[0])
     assert (ctx.job_name, ctx.task_index, ctx.worker_num, ctx.executor_id) == ("worker", 1, 2, 2)
-    assert ctx.num_workers == 2 and ctx.cluster_spec == info["cluster_spec"]
+    assert ctx.num_workers == 2 and ctx.cluster_spec == cluster_spec and ctx.restart == 1
     assert ctx.log_dir == "/l" and ctx._status_fd == 9
     assert ctx.absolute_path("/data") == "hdfs://nn:8020/data"
+    with pytest.raises(ProtocolError, match="does not fit"):
+        launch.decode(message[:40])
+    with pytest.raises(ProtocolError, match="ends before its secret"):
+        launch.decode(message[:4 + int.from_bytes(message[:4], "little")])
 
 
-def test_notify_serving_without_a_status_fd_does_nothing():
-    info = {"job_name": "ps", "task_index": 0, "node_id": 0, "num_workers": 1,
-            "cluster_spec": {}, "default_fs": "file:///", "working_dir": "/w", "host": "h"}
-    NodeContext(info)._notify_serving()
+def test_notify_serving_without_a_status_fd_does_nothing(launch_record):
+    NodeContext(launch_record(job_name="ps"))._notify_serving()
 
 
 @pytest.mark.parametrize("job_name, rdma, fragment", [
     ("evaluator", False, "only nodes in the cluster spec"),
     ("worker", True, "rdma=True"),
 ])
-def test_start_cluster_server_rejects_before_importing_tensorflow(job_name, rdma, fragment):
-    from tfos.errors import ConfigError
-    info = {"job_name": job_name, "task_index": 0, "node_id": 1, "num_workers": 1,
-            "cluster_spec": {"worker": ["h:1"]}, "default_fs": "file:///", "working_dir": "/w",
-            "host": "h"}
+def test_start_cluster_server_rejects_before_importing_tensorflow(job_name, rdma, fragment,
+                                                                  launch_record):
+    from tfos.core.errors import ConfigError
+    record = launch_record(job_name=job_name, node_id=1, cluster_spec={"worker": ["h:1"]})
     with pytest.raises(ConfigError, match=fragment):
-        NodeContext(info).start_cluster_server(rdma=rdma)
+        NodeContext(record).start_cluster_server(rdma=rdma)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tfos.preflight import BARRIER_FAIL_FAST, planned_slots
+from tfos.driver.preflight import BARRIER_FAIL_FAST, planned_slots
 
 CPUS = os.cpu_count() or 1
 

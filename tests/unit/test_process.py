@@ -1,4 +1,4 @@
-"""Child processes of a node task (`tfos.process`, `tfos.process_guard`): real processes."""
+"""Child processes of a node task (`tfos.executor.process`, `tfos.executor.process_guard`): real processes."""
 from __future__ import annotations
 
 import errno
@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tfos import process
+from tfos.executor import process
 
 HOST = "127.0.0.1"
 
@@ -177,7 +177,7 @@ def test_reserved_port_works_on_ipv6_loopback():
 # An intermediate process (a Spark Python worker, say) that starts a guarded `sleep`.
 INTERMEDIATE = """
 import os, subprocess, sys
-guard = subprocess.Popen([sys.executable, "-m", "tfos.process_guard", str(os.getpid()), "--",
+guard = subprocess.Popen([sys.executable, "-m", "tfos.executor.process_guard", str(os.getpid()), "--",
                           "sleep", "60"])
 print(guard.pid, flush=True)
 guard.wait()
@@ -206,7 +206,7 @@ def test_guarded_sleep_dies_when_its_parent_is_sigkilled():
 
 def test_guard_refuses_to_start_when_its_parent_is_not_the_expected_one(tmp_path):
     marker = tmp_path / "ran"
-    result = subprocess.run([sys.executable, "-m", "tfos.process_guard", "1", "--",
+    result = subprocess.run([sys.executable, "-m", "tfos.executor.process_guard", "1", "--",
                              "touch", str(marker)], capture_output=True, timeout=30)
     assert result.returncode == 1
     assert not marker.exists()
@@ -222,13 +222,13 @@ def test_guard_runs_the_command_under_its_expected_parent(tmp_path):
 
 @pytest.mark.parametrize("args", [[], ["123"], ["123", "sleep", "1"], ["123", "--"]])
 def test_guard_usage_errors(args):
-    result = subprocess.run([sys.executable, "-m", "tfos.process_guard", *args],
+    result = subprocess.run([sys.executable, "-m", "tfos.executor.process_guard", *args],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert "usage: python -m tfos.process_guard PARENT_PID -- COMMAND" in result.stderr
+    assert "usage: python -m tfos.executor.process_guard PARENT_PID -- COMMAND" in result.stderr
 
 
 def test_guarded_wraps_the_command_with_this_process_as_parent():
     command = process.guarded(["tensorboard", "--logdir", "x"])
-    assert command == [sys.executable, "-m", "tfos.process_guard", str(os.getpid()), "--",
+    assert command == [sys.executable, "-m", "tfos.executor.process_guard", str(os.getpid()), "--",
                        "tensorboard", "--logdir", "x"]

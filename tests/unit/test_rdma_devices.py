@@ -4,7 +4,7 @@ import os
 import pytest
 
 from rdma import devices
-from tfos.cluster import rdma_unavailable
+from tfos.driver.cluster import rdma_unavailable
 
 
 def make_port(root, device, port, state, link_layer="InfiniBand"):

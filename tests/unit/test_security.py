@@ -34,13 +34,19 @@ import pytest
 import rdma
 from rdma import framing, handshake
 from rdma.errors import AuthFailed, CommClosed
-from tfos import auth, feed_codec, process, tensorboard
-from tfos import messages as m
-from tfos.context import NodeContext
-from tfos.control_service import ControlService, method_path
-from tfos.feed_queue import FeedError
-from tfos.feed_server import FeedServer
-from tfos.node_task import python_version, tensorflow_version
+from tfos.core import auth
+from tfos.core import feed_codec, launch
+from tfos.core import feed_messages as fm
+from feed_forgery import forge, kind_of
+from tfos.executor import process
+from tfos.executor import tensorboard
+from tfos.core import messages as m
+from tfos.node.context import NodeContext
+from tfos.core.messages import method_path
+from tfos.driver.control_service import ControlService
+from tfos import FeedError
+from tfos.node.feed_server import FeedServer
+from tfos.core.runtime import python_version, tensorflow_version
 
 HOST = "127.0.0.1"
 OTHER_LOOPBACK = "127.0.0.2"   # an address of this machine the servers were not told to use
@@ -333,13 +339,12 @@ def _opts(address: str) -> dict:
 def feed(address: str, values, secret: bytes = SECRET) -> str:
     """A correct feeder: hello, one batch of ``values``, end; returns the node's answer."""
     with rdma.connect(address, secret, timeout=5, **_opts(address)) as comm:
-        comm.send(feed_codec.encode("hello", {"role": "feeder", "feed": "input", "epoch": 0,
-                                              "mode": "train"}))
-        comm.send(feed_codec.encode("batch", {"rows": len(values)},
+        comm.send(feed_codec.encode(fm.FeederHello("input", 0, fm.FeedMode.TRAIN)))
+        comm.send(feed_codec.encode(fm.Batch(len(values)),
                                     {"x": np.asarray(values, dtype=np.int64)}))
-        comm.send(feed_codec.encode("end", {"records": len(values)}))
-        kind, _, _ = feed_codec.decode(comm.recv(timeout=5))
-    return kind
+        comm.send(feed_codec.encode(fm.End(len(values))))
+        return kind_of(comm.recv(timeout=5))
+
 
 
 def fed_rows(server: FeedServer, name: str = "input") -> list[int]:
@@ -404,14 +409,13 @@ JUNK = {
     "truncated-handshake": handshake.MAGIC + b"\x01",
     "oversized": os.urandom(1 << 20),
     # A feed message framed for the wire but sent without authenticating first.
-    "unsigned-frame": framing.encode(feed_codec.encode("hello", {"role": "feeder", "feed":
-                                                                 "input", "epoch": 0})),
+    "unsigned-frame": framing.encode(feed_codec.encode(fm.FeederHello("input", 0))),
 }
 
 
 @pytest.mark.parametrize("junk", sorted(JUNK))
 def test_feed_refuses_connections_that_do_not_authenticate(feed_server, feed_address, junk):
-    with watch_log("tfos.feed_server", "refused a connection") as refused:
+    with watch_log("tfos.node.feed_server", "refused a connection") as refused:
         with raw_connect(feed_address) as sock:
             with contextlib.suppress(OSError):
                 sock.sendall(JUNK[junk])
@@ -423,7 +427,7 @@ def test_feed_refuses_connections_that_do_not_authenticate(feed_server, feed_add
 
 
 def test_feed_refuses_a_wrong_secret_on_both_ends(feed_server, feed_address):
-    with watch_log("tfos.feed_server", "refused a connection") as refused:
+    with watch_log("tfos.node.feed_server", "refused a connection") as refused:
         with pytest.raises(AuthFailed, match="different secrets"):
             feed(feed_address, [9], secret=bytes(32))
         assert refused.wait(1)
@@ -433,7 +437,7 @@ def test_feed_refuses_a_wrong_secret_on_both_ends(feed_server, feed_address):
 
 def test_feed_refuses_a_replayed_handshake(feed_server, feed_address):
     nonce_c = os.urandom(handshake.NONCE_SIZE)
-    with watch_log("tfos.feed_server", "refused a connection") as refused:
+    with watch_log("tfos.node.feed_server", "refused a connection") as refused:
         with raw_connect(feed_address) as sock:
             recorded = client_handshake(sock, SECRET, nonce_c)   # accepted (then abandoned)
         with raw_connect(feed_address) as sock:
@@ -447,16 +451,16 @@ def test_feed_refuses_a_replayed_handshake(feed_server, feed_address):
 def test_a_recorded_tcp_feed_session_cannot_be_replayed(feed_server):
     (address,) = [a for a in feed_server.addresses if a.startswith("tcp")]
     frames = b"".join(framing.encode(parts) for parts in (
-        feed_codec.encode("hello", {"role": "feeder", "feed": "input", "epoch": 0}),
-        feed_codec.encode("batch", {"rows": 2}, {"x": np.array([7, 8], np.int64)}),
-        feed_codec.encode("end", {"records": 2})))
+        feed_codec.encode(fm.FeederHello("input", 0)),
+        feed_codec.encode(fm.Batch(2), {"x": np.array([7, 8], np.int64)}),
+        feed_codec.encode(fm.End(2))))
     with raw_connect(address) as sock:
         recorded = client_handshake(sock, SECRET, os.urandom(handshake.NONCE_SIZE)) + frames
         sock.sendall(frames)
         decoder, replies = framing.FrameDecoder(), []
         while not replies:
             replies = decoder.feed(sock.recv(4096))
-    assert feed_codec.decode(replies[0])[0] == "done"
+    assert kind_of(replies[0]) == "done"
     assert fed_rows(feed_server) == [7, 8]
     with raw_connect(address) as sock:
         sock.sendall(recorded)
@@ -490,37 +494,38 @@ def _forged(header: dict) -> list[bytes]:
     return [prefix + bytes(-len(prefix) % feed_codec.ALIGN) + bytes(64)]
 
 
-HELLO = feed_codec.encode("hello", {"role": "feeder", "feed": "input", "epoch": 0})
-DRIVER = feed_codec.encode("hello", {"role": "driver"})
+HELLO = feed_codec.encode(fm.FeederHello("input", 0))
+DRIVER = feed_codec.encode(fm.DriverHello())
 X = {"x": np.arange(3, dtype=np.int64)}
 # Authenticated conversations that must end in an "error" reply naming the fault.
 MALFORMED = {
     "not-a-feed-message": ([[b"\xff" * 40]], "too short|does not fit|not JSON"),
     "pickle": ([[pickle.dumps({"kind": "hello"})]], "header"),
-    "batch-before-hello": ([feed_codec.encode("batch", {"rows": 3}, X)], "start with hello"),
-    "hello-without-feed": ([feed_codec.encode("hello", {"role": "feeder", "epoch": 0})],
-                           "'feed' as a string"),
-    "hello-epoch-not-a-number": ([feed_codec.encode("hello", {"role": "feeder", "feed": "input",
-                                                              "epoch": "zero"})], "'epoch'"),
-    "hello-epoch-infinite": ([feed_codec.encode("hello", {"role": "feeder", "feed": "input",
-                                                          "epoch": float("inf")})], "'epoch'"),
-    "hello-epoch-negative": ([feed_codec.encode("hello", {"role": "feeder", "feed": "input",
-                                                          "epoch": -1})], "'epoch'"),
-    "rows-not-an-int": ([HELLO, feed_codec.encode("batch", {"rows": True}, X)], "'rows'"),
-    "rows-mismatch": ([HELLO, feed_codec.encode("batch", {"rows": 2}, X)], "other lengths"),
-    "no-columns": ([HELLO, feed_codec.encode("batch", {"rows": 0})], "other lengths"),
-    "scalar-column": ([HELLO, feed_codec.encode("batch", {"rows": 1},
-                                                {"x": np.array(5, np.int64)})], "other lengths"),
-    "object-column": ([HELLO, _forged({"kind": "batch", "meta": {"rows": 1}, "columns": [
-        {"name": "x", "dtype": "|O", "shape": [1], "offset": 0, "nbytes": 8}]})],
-        "cannot carry"),
-    "unknown-kind": ([HELLO, feed_codec.encode("shutdown")], "unknown feeder message"),
-    "driver-marker-without-feed": ([DRIVER, feed_codec.encode("epoch", {"epoch": 0,
-                                                                        "per_worker": 3})],
-                                   "'feed'"),
-    "driver-marker-bad-count": ([DRIVER, feed_codec.encode(
-        "epoch", {"feed": "input", "epoch": 0, "per_worker": "3"})], "'per_worker'"),
-    "driver-unknown-marker": ([DRIVER, feed_codec.encode("reboot")], "unknown driver message"),
+    "batch-before-hello": ([feed_codec.encode(fm.Batch(3), X)], "start with hello"),
+    "hello-without-feed": ([forge("FeederHello", {"epoch": 0})], "lacks field 'feed'"),
+    "hello-epoch-not-a-number": ([forge("FeederHello", {"feed": "input", "epoch": "zero"})],
+                                 r"FeederHello\.epoch must be int"),
+    "hello-epoch-infinite": ([forge("FeederHello", {"feed": "input", "epoch": float("inf")})],
+                             r"FeederHello\.epoch must be int"),
+    "hello-epoch-negative": ([forge("FeederHello", {"feed": "input", "epoch": -1})],
+                             r"FeederHello\.epoch must be a non-negative integer"),
+    "rows-not-an-int": ([HELLO, forge("Batch", {"rows": True}, X)],
+                        r"Batch\.rows must be int, got bool"),
+    "rows-mismatch": ([HELLO, feed_codec.encode(fm.Batch(2), X)], "other lengths"),
+    "no-columns": ([HELLO, feed_codec.encode(fm.Batch(0))], "other lengths"),
+    "scalar-column": ([HELLO, feed_codec.encode(fm.Batch(1), {"x": np.array(5, np.int64)})],
+                      "other lengths"),
+    "object-column": ([HELLO, _forged({"v": fm.VERSION, "type": "Batch", "body": {"rows": 1},
+                                       "columns": [{"name": "x", "dtype": "|O", "shape": [1],
+                                                    "offset": 0, "nbytes": 8}]})],
+                      "cannot carry"),
+    "unknown-kind": ([HELLO, forge("Shutdown", {})], "feeder message, got 'Shutdown'"),
+    "driver-marker-without-feed": ([DRIVER, forge("EpochStart", {"epoch": 0, "per_worker": 3})],
+                                   "EpochStart lacks field 'feed'"),
+    "driver-marker-bad-count": ([DRIVER, forge("EpochStart", {"feed": "input", "epoch": 0,
+                                                              "per_worker": "3"})],
+                                r"EpochStart\.per_worker must be int"),
+    "driver-unknown-marker": ([DRIVER, forge("Reboot", {})], "driver message, got 'Reboot'"),
 }
 
 
@@ -531,9 +536,9 @@ def test_feed_answers_authenticated_malformed_messages_with_an_error(feed_server
     with rdma.connect(feed_address, SECRET, timeout=5, **_opts(feed_address)) as comm:
         for message in messages:
             comm.send(message)
-        kind, meta, _ = feed_codec.decode(comm.recv(timeout=5))
-        assert kind == "error"
-        assert re.search(reason, meta["message"]), meta["message"]
+        answer, _ = feed_codec.decode(comm.recv(timeout=5))
+        assert isinstance(answer, fm.Error)
+        assert re.search(reason, answer.message), answer.message
         with pytest.raises(CommClosed):       # and the node hung up
             comm.recv(timeout=5)
     assert fed_rows(feed_server) == []
@@ -543,14 +548,14 @@ def test_feed_answers_authenticated_malformed_messages_with_an_error(feed_server
 def test_feed_never_unpickles_what_arrives(feed_server, feed_address, tmp_path):
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Boom(str(marker)))
-    header = feed_codec.encode("batch", {"rows": 1}, {"x": np.frombuffer(payload, np.uint8)})
+    header = feed_codec.encode(fm.Batch(1), {"x": np.frombuffer(payload, np.uint8)})
     with rdma.connect(feed_address, SECRET, timeout=5, **_opts(feed_address)) as comm:
         comm.send([payload])
-        assert feed_codec.decode(comm.recv(timeout=5))[0] == "error"
+        assert kind_of(comm.recv(timeout=5)) == "error"
     with rdma.connect(feed_address, SECRET, timeout=5, **_opts(feed_address)) as comm:
         comm.send(HELLO)
         comm.send(header)                      # a pickle as a column of bytes: just bytes
-        assert feed_codec.decode(comm.recv(timeout=5))[0] == "error"   # 1 row vs len(payload)
+        assert kind_of(comm.recv(timeout=5)) == "error"   # 1 row vs len(payload)
     assert not marker.exists()
 
 
@@ -563,8 +568,8 @@ def test_control_service_listens_only_on_its_host(control_chief_worker):
 
 
 def test_control_service_binds_every_interface_only_when_asked():
-    from tfos.cluster_state import ClusterState
-    from tfos.config import ClusterConfig
+    from tfos.driver.cluster_state import ClusterState
+    from tfos.core.config import ClusterConfig
     config = ClusterConfig(num_executors=1)
     state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()))
     with ControlService(state, SECRET, HOST, bind_all=True) as service:
@@ -574,8 +579,8 @@ def test_control_service_binds_every_interface_only_when_asked():
 
 
 def test_control_service_on_an_address_of_no_interface_fails_with_advice():
-    from tfos.cluster_state import ClusterState
-    from tfos.config import ClusterConfig
+    from tfos.driver.cluster_state import ClusterState
+    from tfos.core.config import ClusterConfig
     state = ClusterState(ClusterConfig(num_executors=1),
                          driver_versions=(python_version(), tensorflow_version()))
     with pytest.raises(OSError, match="driver_host.*bind_all_interfaces"):
@@ -592,19 +597,18 @@ def test_feed_endpoint_listens_only_on_its_host_and_its_socket_is_private(feed_s
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
 
-def test_a_node_binds_its_feed_to_every_interface_only_when_asked(feed_dir):
+def test_a_node_binds_its_feed_to_every_interface_only_when_asked(feed_dir, launch_record):
     read_fd, write_fd = os.pipe()
-    info = {"job_name": "worker", "task_index": 0, "node_id": 0, "num_workers": 1,
-            "cluster_spec": {}, "default_fs": "file://", "working_dir": feed_dir, "host": HOST,
-            "feed": {"host": HOST, "bind_all": True, "shm_path": f"{feed_dir}/feed.sock",
-                     "buffer_bytes": 1 << 20}}
-    ctx = NodeContext(info, status_fd=write_fd)
+    record = launch_record(working_dir=feed_dir, host=HOST, status_fd=write_fd,
+                           feed=launch.FeedEndpoint(HOST, True, f"{feed_dir}/feed.sock", 1 << 20,
+                                                    300.0))
+    ctx = NodeContext(record)
     try:
         ctx.start_feed_server(SECRET)
         with os.fdopen(read_fd, "rb") as status:
-            word, _, addresses = status.readline().decode().partition(" ")
-        assert word == "feed"
-        (tcp,) = [a for a in json.loads(addresses) if a.startswith("tcp://")]
+            event = launch.decode_event(status.readline())
+        assert isinstance(event, launch.FeedOpened)
+        (tcp,) = [a for a in event.addresses if a.startswith("tcp://")]
         port = int(tcp.rsplit(":", 1)[1])
         assert tcp == f"tcp://{HOST}:{port}"                 # advertised: the executor's host
         assert listening_addresses(port) == {"0.0.0.0"}
@@ -655,7 +659,7 @@ def test_reserved_ports_are_held_on_the_given_address_only():
 _UNPICKLERS = {("pickle", "loads"), ("pickle", "load"), ("cloudpickle", "loads"),
                ("cloudpickle", "load"), ("marshal", "loads"), ("pickle", "Unpickler"),
                ("shelve", "open"), ("yaml", "load"), ("dill", "loads")}
-_ALLOWED = {("tfos/node_main.py", "pickle.loads")}
+_ALLOWED = {("tfos/node/main.py", "pickle.loads")}
 
 
 def _deserializing_calls(path: pathlib.Path):
@@ -679,6 +683,7 @@ def test_no_library_code_unpickles_except_the_nodes_own_pipe():
              for package in ("tfos", "rdma") for p in sorted((REPO / package).rglob("*.py"))
              for call in _deserializing_calls(p)}
     assert found == _ALLOWED
-    # And that one reads stdin, which the node task writes (tfos.node_task), not a socket.
-    source = (REPO / "tfos/node_main.py").read_text()
-    assert "pickle.loads(sys.stdin.buffer.read())" in source
+    # And that one reads stdin, which the node task writes (tfos.executor.node_task), not a socket.
+    source = (REPO / "tfos/node/main.py").read_text()
+    assert "launch.decode(sys.stdin.buffer.read())" in source
+    assert "pickle.loads(payload)" in source and source.count("pickle.loads") == 1

@@ -1,4 +1,4 @@
-"""Role plans, cluster specs and TF_CONFIG (``tfos.topology``), read back as TensorFlow would."""
+"""Role plans, cluster specs and TF_CONFIG (``tfos.core.topology``), read back as TensorFlow would."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tfos.errors import ConfigError
-from tfos.topology import Role, cluster_spec, num_trainers, plan_roles, primary_node, tf_config
+from tfos.core.errors import ConfigError
+from tfos.core.topology import Role, cluster_spec, num_trainers, plan_roles, primary_node, tf_config
 
 
 def labels(roles):

@@ -1,0 +1,144 @@
+"""The one frozen, validated configuration of a cluster (driver side; shipped to node tasks).
+
+``TFCluster.run`` builds a :class:`ClusterConfig` from its arguments; every value is checked
+here, once, and a bad one raises :class:`~tfos.core.errors.ConfigError` quoting it with the fix.
+The object is plain data (picklable) so node tasks receive it inside the Spark closure.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from tfos.core import topology
+from tfos.core.errors import ConfigError
+
+
+DEFAULT_FEED_BUFFER_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class FeedSizes:
+    """Every size of the data plane, derived from one node's ``feed_buffer_bytes``."""
+
+    buffer_bytes: int      # bytes a node queues per feed before its feeders block
+    max_message: int       # largest message on a feed connection
+    shm_ring_bytes: int    # the ring a node receives into from each same-host feeder
+    chunk_bytes: int       # target size of one message a feeder sends
+    train_reply_bytes: int       # the ring a training feeder receives the node's answer into
+    inference_reply_bytes: int   # ... and an inference feeder the results
+
+
+def feed_sizes(buffer_bytes: int) -> FeedSizes:
+    """The data plane's sizes for a node buffering ``buffer_bytes`` per feed.
+
+    Messages carry up to 4 MiB, and no more than a quarter of the buffer, so several are in
+    flight. A connection takes any chunk the buffer could take, plus its header, so an oversized
+    record meets the node's clear refusal rather than the transport's size limit. Each same-host
+    feeder's shared-memory ring is a quarter of the buffer within [16 MiB, 64 MiB]: a node's
+    feed memory is thus at most the buffer plus one ring per concurrent same-host feed task (a
+    message larger than its ring still goes through, inline on the ring's socket).
+    """
+    return FeedSizes(
+        buffer_bytes=buffer_bytes,
+        max_message=max(256 << 20, buffer_bytes + (1 << 20)),
+        shm_ring_bytes=min(64 << 20, max(16 << 20, buffer_bytes // 4)),
+        chunk_bytes=max(1, min(4 << 20, buffer_bytes // 4)),
+        train_reply_bytes=64 << 10,
+        inference_reply_bytes=16 << 20)
+
+
+class InputMode(enum.IntEnum):
+    """Where a node's data comes from (TensorFlowOnSpark's names and values)."""
+
+    TENSORFLOW = 0  # the TF code reads its own files
+    SPARK = 1       # Spark partitions are streamed into the nodes
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    num_executors: int
+    num_ps: int = 0
+    master_node: str | None = None
+    eval_node: bool = False
+    input_mode: InputMode = InputMode.TENSORFLOW
+    tensorboard: bool = False
+    log_dir: str | None = None
+    # Seconds the driver waits for every node to register after the node job is submitted.
+    reservation_timeout: float = 120.0
+    # Seconds the driver waits for enough executor slots to appear (executors still starting).
+    slot_wait_timeout: float = 60.0
+    heartbeat_interval: float = 1.0
+    # A node task silent for this long is declared lost.
+    heartbeat_timeout: float = 20.0
+    # Seconds between SIGTERM and SIGKILL when a node's process group is stopped.
+    kill_grace: float = 3.0
+    # Sets TF_USE_LEGACY_KERAS=1 in nodes: Keras 3 `fit` fails under the multi-worker strategies.
+    legacy_keras: bool = True
+    # Extra environment variables for the TF node processes.
+    env: tuple[tuple[str, str], ...] = ()
+    # Address the driver's control service advertises to executors; None: detect.
+    driver_host: str | None = None
+    # Listen on every interface (0.0.0.0 or ::) instead of only the advertised addresses (the
+    # driver host, each executor's host): for hosts behind 1:1 NAT, whose advertised address
+    # is not on any interface (a cloud VM's public IP). Control and feed ports still demand
+    # the cluster's secret; TensorBoard (no authentication) is then reachable on every one.
+    bind_all_interfaces: bool = False
+    # Bytes of fed data each TF node buffers per feed before feeders block (InputMode.SPARK).
+    feed_buffer_bytes: int = DEFAULT_FEED_BUFFER_BYTES
+    # Exchange tensors over RDMA (--rdma): needs an RDMA device; never falls back to TCP.
+    rdma: bool = False
+    # Lines of each node's output kept for error reports.
+    log_tail_lines: int = 40
+    # Times a failed cluster is started again (all nodes) before the failure is raised; the
+    # nodes resume from their own checkpoints (ctx.restart tells them which run they are).
+    max_restarts: int = 0
+    # A fed node whose buffer holds data it has not touched for this long has stalled: it is
+    # stopped and the cluster fails, naming it, with the stack of its map_fun.
+    feed_stall_timeout: float = 300.0
+    roles: tuple[topology.Role, ...] = field(init=False)
+
+    def __post_init__(self):
+        for name in ("num_executors", "num_ps", "log_tail_lines", "feed_buffer_bytes",
+                     "max_restarts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r}: pass a non-negative int")
+        if self.num_executors < 1:
+            raise ConfigError(f"num_executors={self.num_executors}: a cluster needs at least "
+                              "one node (one per executor)")
+        try:
+            mode = InputMode(self.input_mode)
+        except ValueError:
+            raise ConfigError(f"input_mode={self.input_mode!r}: use tfos.InputMode.TENSORFLOW "
+                              "or tfos.InputMode.SPARK") from None
+        object.__setattr__(self, "input_mode", mode)
+        if not isinstance(self.bind_all_interfaces, bool):
+            raise ConfigError(f"bind_all_interfaces={self.bind_all_interfaces!r}: pass True or "
+                              "False")
+        for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
+                     "heartbeat_timeout", "kill_grace", "feed_stall_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name}={value!r}: pass a positive number of seconds")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ConfigError(f"heartbeat_timeout={self.heartbeat_timeout} must exceed twice "
+                              f"heartbeat_interval={self.heartbeat_interval}")
+        if self.max_restarts and mode == InputMode.SPARK:
+            raise ConfigError(f"max_restarts={self.max_restarts} with InputMode.SPARK: a restarted "
+                              "cluster cannot resume a feed mid-epoch. Restart from the driver "
+                              "instead (a new TFCluster.run, then train() the remaining epochs), "
+                              "or use InputMode.TENSORFLOW")
+        if self.num_ps >= self.num_executors:
+            raise ConfigError(f"num_ps={self.num_ps} must be less than num_executors="
+                              f"{self.num_executors}: every cluster needs a node that trains")
+        object.__setattr__(self, "roles", topology.plan_roles(
+            self.num_executors, self.num_ps, self.master_node, self.eval_node))
+        object.__setattr__(self, "env", tuple((str(k), str(v)) for k, v in dict(self.env).items()))
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.roles)
+
+    @property
+    def feed_sizes(self) -> FeedSizes:
+        return feed_sizes(self.feed_buffer_bytes)

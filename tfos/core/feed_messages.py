@@ -1,0 +1,136 @@
+"""The feed conversation: typed, versioned messages to and from a TF node's feed endpoint.
+
+Two kinds of peers connect to a node's feed endpoint (``tfos.node.feed_server``); each opens
+with a hello that says who it is, and every message is one of the frozen dataclasses below,
+sent by ``tfos.core.feed_codec`` as a strict JSON header (``tfos.core.wire``) followed by the
+raw buffers of its columns:
+
+- a feeder (a Spark feed task, ``tfos.executor.feed_task``): ``FeederHello``, then ``Batch``
+  messages with columns, then ``End``. The node answers ``Done`` once it took everything
+  (training), or streams ``Results`` with the columns of each batch's results, in order
+  (inference).
+- the driver (``tfos.driver.feeder``): ``DriverHello``, then ``EpochStart`` before each
+  epoch, ``EpochCut`` when an epoch's feed job failed (the epoch ends with what arrived), and
+  ``EndAll`` at the end; the node answers each with ``Ok``.
+
+Whatever the node cannot take is answered with ``Error``, and the node hangs up.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+VERSION = 1
+
+
+class FeedMode(str, enum.Enum):
+    TRAIN = "train"
+    INFERENCE = "inference"
+
+
+def _check_counts(message, names: tuple[str, ...]) -> None:
+    """Counts and numbers on the wire are non-negative integers (the types are checked by the
+    codec; this is the range)."""
+    for name in names:
+        value = getattr(message, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{type(message).__name__}.{name} must be a non-negative "
+                             f"integer, got {value!r}")
+
+
+class _Counted:
+    _counts: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _check_counts(self, self._counts)
+
+
+# -- from a feeder ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeederHello(_Counted):
+    feed: str
+    epoch: int
+    mode: FeedMode = FeedMode.TRAIN
+    # Training: the partition fed, so a Spark retry of the task resends only rows not taken.
+    partition: int | None = None
+    _counts = ("epoch", "partition")
+
+
+@dataclass(frozen=True)
+class Batch(_Counted):
+    """``rows`` rows as columns; ``offset``: the first row's index in its partition."""
+    rows: int
+    offset: int = 0
+    _counts = ("rows", "offset")
+
+
+@dataclass(frozen=True)
+class End(_Counted):
+    records: int
+    _counts = ("records",)
+
+
+# -- from the driver ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DriverHello:
+    pass
+
+
+@dataclass(frozen=True)
+class EpochStart(_Counted):
+    """Epoch ``epoch`` of ``feed`` brings this worker exactly ``per_worker`` records."""
+    feed: str
+    epoch: int
+    per_worker: int
+    _counts = ("epoch", "per_worker")
+
+
+@dataclass(frozen=True)
+class EpochCut(_Counted):
+    """The feed job of this epoch failed: it ends with the records that arrived."""
+    feed: str
+    epoch: int
+    _counts = ("epoch",)
+
+
+@dataclass(frozen=True)
+class EndAll:
+    """No more data: each named feed ends after the epoch given, every other feed at once."""
+    feeds: dict[str, int]
+
+    def __post_init__(self):
+        bad = {name: last for name, last in self.feeds.items() if last < -1}
+        if bad:
+            raise ValueError(f"EndAll.feeds must hold last epochs of -1 or more, got {bad!r:.80}")
+
+
+# -- from the node ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Done:
+    """A training feeder's records were all taken in."""
+
+
+@dataclass(frozen=True)
+class Results(_Counted):
+    """The results of the next ``rows`` rows of an inference feeder, as columns."""
+    rows: int
+    _counts = ("rows",)
+
+
+@dataclass(frozen=True)
+class Ok:
+    """A driver's marker was applied."""
+
+
+@dataclass(frozen=True)
+class Error:
+    """Why the node refused what it was sent; it hangs up after this."""
+    message: str
+
+
+HELLOS = (FeederHello, DriverHello)
+FROM_FEEDER = (Batch, End)
+FROM_DRIVER = (EpochStart, EpochCut, EndAll)
+TO_FEEDER = (Done, Results, Error)
+TO_DRIVER = (Ok, Error)
+ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, Ok, Error)

@@ -1,0 +1,168 @@
+"""Spark rows and Arrow record batches turned into feed columns (executor side: feed tasks).
+
+An RDD's rows may be tuples, lists, dicts, ``pyspark.sql.Row``s, numpy arrays or scalars; all
+rows of a partition must have the same structure. Each field becomes one numpy column (row
+axis first). A DataFrame arrives as Arrow record batches (``mapInArrow``): primitive columns
+map to numpy without copying, list columns of equal length become 2-D arrays. Anything that
+cannot become a plain numeric/bool/string column (ragged rows, ``None``, nested objects)
+raises a FeedDataError naming the partition, the row and the column.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from tfos.core.errors import FeedDataError
+
+
+
+def row_fields(row) -> list[str]:
+    """Column names for rows shaped like ``row``: dict keys, Row fields, or positions."""
+    if isinstance(row, dict):
+        return [str(k) for k in row]
+    fields = getattr(row, "__fields__", None)
+    if fields is not None:
+        return list(fields)
+    if isinstance(row, (tuple, list)):
+        return [str(i) for i in range(len(row))]
+    return ["0"]
+
+
+def rows_to_columns(rows: list, partition: int, first_row: int = 0) -> dict[str, np.ndarray]:
+    """Columns of ``rows`` (rows ``first_row``... of ``partition``, for error messages)."""
+    if not rows:
+        return {}
+    names = row_fields(rows[0])
+    getters = _getters(rows[0], names)
+    columns = {}
+    for name, get in zip(names, getters):
+        try:
+            values = [get(row) for row in rows]
+        except (KeyError, IndexError, TypeError):
+            bad = _first_bad_structure(rows, names, getters)
+            raise FeedDataError(f"partition {partition}, row {first_row + bad}: expected the "
+                                f"fields {names} of the partition's first row, got "
+                                f"{_short(rows[bad])}") from None
+        columns[name] = _column(values, name, partition, first_row)
+    return columns
+
+
+def _getters(row, names):
+    if isinstance(row, dict):
+        keys = list(row)
+        return [lambda r, k=k: r[k] for k in keys]
+    if isinstance(row, (tuple, list)) or getattr(row, "__fields__", None) is not None:
+        width = len(names)
+
+        def getter(i):
+            def get(r):
+                if r is None or len(r) != width:
+                    raise TypeError
+                return r[i]
+            return get
+        return [getter(i) for i in range(width)]
+    return [lambda r: r]
+
+
+def _first_bad_structure(rows, names, getters) -> int:
+    for index, row in enumerate(rows):
+        try:
+            for get in getters:
+                get(row)
+        except (KeyError, IndexError, TypeError):
+            return index
+    return 0
+
+
+def _column(values: list, name: str, partition: int, first_row: int) -> np.ndarray:
+    for index, value in enumerate(values):
+        if value is None:
+            raise FeedDataError(f"partition {partition}, row {first_row + index}, column "
+                                f"{name!r}: value is None; drop or fill missing values first")
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        array = None
+    if array is None or array.dtype.hasobject:
+        index, typical = _first_odd_shape(values)
+        raise FeedDataError(
+            f"partition {partition}, row {first_row + index}, column {name!r}: value "
+            f"{_short(values[index])} does not match the shape/type of the column's other "
+            f"values, like {_short(values[typical])}; every row must have the same shape in "
+            "each column")
+    if array.dtype.kind not in "biufcSU":
+        raise FeedDataError(f"partition {partition}, column {name!r}: dtype {array.dtype} "
+                            "cannot be fed; use numbers, booleans or strings")
+    return array
+
+
+def _first_odd_shape(values: list) -> tuple[int, int]:
+    """``(odd, typical)``: the first value whose shape/type differs from most values', and
+    one of those (the odd one may be the first)."""
+    keys = [np.shape(v) if _regular(v) else None for v in values]
+    common = collections.Counter(keys).most_common(1)[0][0]
+    odd = next((i for i, key in enumerate(keys) if key != common), 0)
+    return odd, keys.index(common)
+
+
+def _regular(value) -> bool:
+    try:
+        return not np.asarray(value).dtype.hasobject
+    except ValueError:
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def arrow_to_columns(batch, partition: int, first_row: int = 0) -> dict[str, np.ndarray]:
+    """Columns of a ``pyarrow.RecordBatch``: no copy for primitive and fixed-size list columns."""
+    import pyarrow as pa
+    columns = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if column.null_count:
+            row = first_row + next(i for i, valid in enumerate(column.is_valid().to_pylist())
+                                   if not valid)
+            raise FeedDataError(f"partition {partition}, row {row}, column {name!r}: value is "
+                                "null; drop or fill missing values first")
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            values = _flat_values(column.flatten(), name, partition)
+            columns[name] = values.reshape(len(column), width)
+        elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            columns[name] = _list_column(column, name, partition, first_row)
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            columns[name] = np.asarray(column.to_pylist(), dtype=str)
+        else:
+            columns[name] = _flat_values(column, name, partition)
+    return columns
+
+
+def _list_column(column, name: str, partition: int, first_row: int) -> np.ndarray:
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if len(lengths) and (lengths != lengths[0]).any():
+        bad = int(np.argmax(lengths != lengths[0]))
+        raise FeedDataError(f"partition {partition}, row {first_row + bad}, column {name!r}: "
+                            f"array of length {int(lengths[bad])} where the column's first row "
+                            f"has {int(lengths[0])}; every row must have the same length")
+    values = _flat_values(column.flatten(), name, partition)
+    width = int(lengths[0]) if len(lengths) else 0
+    return values.reshape(len(column), width)
+
+
+def _flat_values(array, name: str, partition: int) -> np.ndarray:
+    if array.null_count:
+        raise FeedDataError(f"partition {partition}, column {name!r}: an array element is null")
+    try:
+        values = array.to_numpy(zero_copy_only=False)
+    except Exception as exc:  # pyarrow raises several types for unsupported conversions
+        raise FeedDataError(f"partition {partition}, column {name!r}: Arrow type {array.type} "
+                            f"cannot be fed ({exc})") from None
+    if values.dtype.hasobject:
+        raise FeedDataError(f"partition {partition}, column {name!r}: Arrow type {array.type} "
+                            "cannot be fed; use numeric, boolean, string or list columns")
+    return values

@@ -1,0 +1,134 @@
+"""The control plane: typed, versioned messages between node tasks and the driver (both sides).
+
+Each message is a frozen dataclass, sent as strict versioned JSON (``tfos.core.wire``): decoding
+checks the version, the expected type and every field's type, so nothing read from the network
+is ever unpickled or trusted to be well formed. ``METHODS`` describes the driver's gRPC service
+for both its server (``tfos.driver.control_service``) and the node task's client
+(``tfos.executor.control_client``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass
+
+from tfos.core import wire
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class NodeState(str, enum.Enum):
+    STARTING = "starting"   # registered, TF process being launched
+    RUNNING = "running"     # TF process running map_fun
+    SERVING = "serving"     # map_fun is blocked in server.join(): stopped when the others finish
+    EXITED = "exited"       # TF process ended
+
+
+class Command(str, enum.Enum):
+    CONTINUE = "continue"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Register:
+    node_id: int
+    attempt: int
+    host: str
+    tf_port: int
+    pid: int
+    python_version: str
+    tf_version: str
+
+
+@dataclass(frozen=True)
+class RegisterReply:
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    node_id: int
+    state: NodeState
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    command: Command
+
+
+@dataclass(frozen=True)
+class LogLines:
+    node_id: int
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node's state change; EXITED carries the exit code (negative: killed by that signal)
+    and ``stopped`` when the driver had ordered the stop (not a failure of the node)."""
+    node_id: int
+    state: NodeState
+    exit_code: typing.Optional[int] = None
+    reason: str = ""
+    stopped: bool = False
+    log_tail: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceUrl:
+    """A helper service a node started for the user (e.g. TensorBoard)."""
+    node_id: int
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class FeedTerminated:
+    """The node's map_fun called ``DataFeed.terminate()``: stop feeding it."""
+    node_id: int
+    feed: str
+
+
+@dataclass(frozen=True)
+class FeedDataRejected:
+    """A feed task of ``train()`` found rows it cannot feed (sent by the task before it fails,
+    so the driver knows the data is at fault, and stops the feed job at once)."""
+    feed: str
+    epoch: int
+    partition: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    ok: bool = True
+
+
+def encode(message) -> bytes:
+    return wire.encode(message, PROTOCOL_VERSION)
+
+
+def decode(data: bytes, expected: type):
+    """Parses ``data`` as a message of class ``expected``; raises ProtocolError otherwise."""
+    return wire.decode(data, expected, PROTOCOL_VERSION, MAX_MESSAGE_BYTES)
+
+
+# The control service: its name, and method name -> (request type, reply type, name of the
+# driver's handler). The node task's client and the driver's server both read it from here.
+SERVICE = "tfos.Control"
+METHODS = {
+    "Register": (Register, RegisterReply, "register"),
+    "Heartbeat": (Heartbeat, HeartbeatReply, "heartbeat"),
+    "Logs": (LogLines, Ack, "log_lines"),
+    "Status": (NodeStatus, Ack, "status"),
+    "ServiceUrl": (ServiceUrl, Ack, "service_url"),
+    "FeedTerminated": (FeedTerminated, Ack, "feed_terminated"),
+    "FeedDataRejected": (FeedDataRejected, Ack, "feed_data_rejected"),
+}
+
+
+def method_path(name: str) -> str:
+    return f"/{SERVICE}/{name}"

@@ -1,0 +1,365 @@
+"""``TFCluster``: start a TensorFlow cluster on Spark executors and stop it (driver side).
+
+``TFCluster.run`` (1) validates the configuration and runs the preflight checks, (2) starts the
+cluster's control service with a fresh secret, (3) submits the node stage, one barrier task
+per node, from a background thread under its own Spark job group, and (4) returns once every
+node has registered. ``shutdown`` waits for the nodes that run to completion, stops the ones
+that only serve (parameter servers), and cancels the job group, so no process is left behind.
+A node failure stops the whole cluster within seconds and is raised, root cause first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import secrets
+import sys
+import threading
+from typing import Any, Callable, TextIO
+
+from tfos.core import auth
+from tfos.core.config import ClusterConfig, InputMode
+from tfos.core.errors import ClusterFailed, ConfigError, NodeFailed, TfosError
+from tfos.core.runtime import python_version, tensorflow_version
+from tfos.driver import preflight, spark_errors
+from tfos.driver.cluster_state import ClusterState
+from tfos.driver.control_service import ControlService
+from tfos.driver.feed_jobs import SparkFeedJobs
+from tfos.driver.feeder import Feeder
+from tfos.executor.node_task import NodeStageSpec, node_partition
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
+
+
+class TFCluster:
+    """A running TF cluster; create it with :meth:`TFCluster.run`."""
+
+    def __init__(self, sc, config: ClusterConfig, state: ClusterState, service: ControlService):
+        self.sc = sc
+        self.config = config
+        self.state = state
+        self.cluster_id = secrets.token_hex(4)
+        self.job_group = f"tfos-{self.cluster_id}"
+        self._service = service
+        self._job_thread: threading.Thread | None = None
+        self._spec: NodeStageSpec | None = None
+        self._feeder: Feeder | None = None   # InputMode.SPARK
+        self._closed = threading.Event()
+        self._lifecycle = threading.Lock()   # a restart's relaunch, or the final stop
+        self._shutdown_done = False
+
+    @classmethod
+    def run(cls, sc, map_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int,
+            num_ps: int = 0, tensorboard: bool = False,
+            input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
+            driver_ps_nodes: bool = False, master_node: str | None = None,
+            reservation_timeout: float = 120.0, queues=None, eval_node: bool = False,
+            release_port: bool = True, *, log_stream: TextIO | None = sys.stderr,
+            **options) -> "TFCluster":
+        """Starts ``map_fun(tf_args, ctx)`` on ``num_executors`` TF nodes; returns once all run.
+
+        ``sc`` is a SparkContext or a (classic) SparkSession. The TensorFlowOnSpark arguments
+        keep their meaning; ``driver_ps_nodes`` is not supported (parameter servers run on
+        executors) and ``queues``/``release_port`` are accepted and ignored. ``log_stream``
+        receives every node's output lines prefixed ``[role:index@host]`` (None: keep them only
+        for error reports). Further keyword ``options`` are fields of ``tfos.ClusterConfig``
+        (``driver_host``, ``env``, ``legacy_keras``, ``heartbeat_timeout``, ...).
+        """
+        sc = spark_context(sc)
+        if log_dir and "://" not in log_dir and not os.path.isabs(log_dir):
+            # Relative to where the user stands, not to each executor's working directory.
+            log_dir = os.path.abspath(log_dir)
+        if driver_ps_nodes:
+            raise ConfigError("driver_ps_nodes=True: tfos runs parameter servers on executors "
+                              "only; drop the argument and count them in num_executors")
+        unknown = set(options) - set(ClusterConfig.__dataclass_fields__) - {"roles"}
+        if unknown or "roles" in options:
+            raise ConfigError(f"unknown TFCluster.run options {sorted(unknown or {'roles'})}; "
+                              f"valid ones: {sorted(set(ClusterConfig.__dataclass_fields__) - {'roles'})}")
+        config = ClusterConfig(num_executors=num_executors, num_ps=num_ps,
+                               master_node=master_node, eval_node=eval_node,
+                               input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
+                               reservation_timeout=reservation_timeout, **options)
+        if config.rdma:
+            raise ConfigError(rdma_unavailable())
+        payload = pickle_map_fun(map_fun, tf_args)
+        # InputMode.SPARK: feed tasks need slots beside the nodes' own.
+        feed_slots = 1 if config.input_mode == InputMode.SPARK else 0
+        preflight.check(sc, config, slots_needed=config.num_nodes + feed_slots)
+        host = config.driver_host or sc.getConf().get("spark.driver.host")
+        cluster: TFCluster | None = None
+        state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
+                             log_stream=log_stream,
+                             on_failure=lambda: cluster is not None and cluster._on_failure())
+        secret = auth.new_secret()
+        service = ControlService(state, secret, host,
+                                 bind_all=config.bind_all_interfaces).start()
+        cluster = cls(sc, config, state, service)
+        if config.input_mode == InputMode.SPARK:
+            cluster._feeder = Feeder(config, state, secret, service.address,
+                                     SparkFeedJobs(sc, f"{cluster.job_group}-feed"))
+        cluster._spec = NodeStageSpec(config, service.address, secret, payload, default_fs(sc))
+        threading.Thread(target=cluster._watch_liveness,
+                         name=f"tfos-watchdog-{cluster.cluster_id}", daemon=True).start()
+        try:
+            cluster._launch(cluster._spec)
+        except BaseException:
+            cluster._stop_everything()
+            raise
+        return cluster
+
+    # -- launch ---------------------------------------------------------------------------
+    def _launch(self, spec: NodeStageSpec) -> None:
+        self._job_thread = threading.Thread(target=self._run_node_job, args=(spec,),
+                                            name=f"tfos-nodes-{self.cluster_id}", daemon=True)
+        self._job_thread.start()
+        self.state.wait_registered(self.config.reservation_timeout)
+        logger.info("TF cluster %s is up: %s", self.cluster_id,
+                    ", ".join(n.label for n in self.state.nodes.values()))
+
+    def _restart(self) -> None:
+        """Runs every node again after a failure (max_restarts); the nodes resume from their
+        checkpoints. Old nodes are gone first; a new secret shuts out any late message."""
+        with self._lifecycle:   # shutdown waits for a relaunch, or prevents it
+            self._restart_locked()
+
+    def _restart_locked(self) -> None:
+        state = self.state
+        failure = state.failures[0] if state.failures else None
+        try:
+            if self._job_thread is not None and self._job_thread.is_alive():
+                raise TfosError("the failed run's Spark job did not end, so its nodes may still "
+                                "hold executors")
+            if self._closed.is_set():
+                raise TfosError("the cluster was shut down")
+            secret = auth.new_secret()
+            self._service.rekey(secret)
+            self._spec = dataclasses.replace(self._spec, secret=secret,
+                                             restart=state.restart_count + 1)
+            logger.warning("restart %d of the TF cluster after: %s", self._spec.restart, failure)
+            state.begin_restart()
+            # A lost executor may still be coming back: wait for the slots like the first run.
+            preflight.check(self.sc, self.config, slots_needed=self.config.num_nodes)
+            self._launch(self._spec)
+        except TfosError as exc:
+            state.give_up_restart(NodeFailed(
+                "cluster restart", self.sc.getConf().get("spark.master", "?"),
+                f"could not restart after {failure}: {exc}"))
+            self._stop_nodes()
+
+    def _run_node_job(self, spec: NodeStageSpec) -> None:
+        failure = None
+        try:
+            self.sc.setJobGroup(self.job_group, f"tfos cluster {self.cluster_id}: "
+                                f"{self.config.num_nodes} TF nodes", interruptOnCancel=True)
+            rdd = self.sc.parallelize(range(self.config.num_nodes), self.config.num_nodes)
+            rdd.barrier().mapPartitions(functools.partial(node_partition, spec)).collect()
+        except Exception as exc:  # any Spark/py4j failure of the node job
+            if not self.state.stop_requested:
+                failure = self._node_job_failure(spark_errors.summarize(exc))
+        self.state.end_job(failure)
+
+    def _node_job_failure(self, summary: str) -> NodeFailed:
+        """The node job's failure, blamed on the node whose task failed when Spark says which
+        (the node stage's partition number is the node id)."""
+        partition = spark_errors.failed_partition(summary)
+        node = self.state.nodes.get(partition) if partition is not None else None
+        if node is None:
+            return NodeFailed("node stage", self.sc.getConf().get("spark.master", "?"),
+                              f"the Spark job running the TF nodes failed: {summary}")
+        cause = next((line.strip() for line in summary.splitlines()
+                      if "ExecutorLostFailure" in line or "Reason:" in line), summary)
+        return NodeFailed(node.label, node.host, f"its Spark task failed: {cause}", None,
+                          tuple(node.tail))
+
+    def _watch_liveness(self) -> None:
+        while not self._closed.wait(self.config.heartbeat_interval):
+            self.state.check_liveness()
+
+    def _on_failure(self) -> None:
+        # Called under the state's lock: hand the clean-up to a thread of its own.
+        threading.Thread(target=self._after_failure, name=f"tfos-stop-{self.cluster_id}",
+                         daemon=True).start()
+
+    def _after_failure(self) -> None:
+        self._stop_nodes()
+        if self.state.restarting:
+            self._restart()
+
+    def _stop_nodes(self) -> None:
+        """Orders every node to stop, then cancels the Spark job if it has not ended."""
+        self.state.request_stop()
+        if self._feeder is not None:
+            self._feeder.cancel()
+        grace = self.config.kill_grace + 3 * self.config.heartbeat_interval + 2
+        if self.state.lost_node:
+            # The lost node's task will never end its part of the job: waiting for the job is
+            # waiting for the cancel. Give the others time to stop their TF processes only.
+            grace = self.config.kill_grace + self.config.heartbeat_interval + 1
+        if self._job_thread is not None:
+            self._job_thread.join(grace)
+            if self._job_thread.is_alive():
+                logger.warning("TF nodes did not stop within %.0fs; cancelling Spark job group %s",
+                               grace, self.job_group)
+                self.sc.cancelJobGroup(self.job_group)
+                self._job_thread.join(grace)
+
+    def _stop_everything(self) -> None:
+        self._closed.set()
+        with self._lifecycle:
+            self._stop_nodes()
+        if self._feeder is not None:
+            self._feeder.close()
+        self._service.stop()
+
+    # -- public ---------------------------------------------------------------------------
+    def train(self, data, num_epochs: int = 1, feed_timeout: float = 600.0,
+              qname: str = "input") -> None:
+        """Feeds ``data`` (an RDD or a DataFrame) to the chief and workers for ``num_epochs``.
+
+        Every worker gets the same number of records in each epoch (see ``tfos.core.feed_plan``
+        for the few left out). May be called again to feed more epochs or other data; the nodes'
+        ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns when every epoch was
+        taken in, or early when the nodes stop consuming.
+        """
+        self._spark_feeder("train").train(data, num_epochs, feed_timeout, qname)
+
+    def inference(self, data, feed_timeout: float = 600.0, qname: str = "input",
+                  output_schema=None):
+        """Results of the nodes' ``batch_results`` for every row of ``data``, in row order.
+
+        An RDD gives an RDD of results; a DataFrame gives a DataFrame of its columns plus the
+        ``output_schema`` columns (e.g. ``"prediction float"``). Lazy, like any Spark
+        transformation: the rows are fed when the result is computed.
+        """
+        return self._spark_feeder("inference").inference(data, feed_timeout, qname, output_schema)
+
+    def _spark_feeder(self, what: str):
+        if self._feeder is None:
+            raise ConfigError(f"{what}() needs a cluster started with "
+                              "input_mode=tfos.InputMode.SPARK")
+        if self._shutdown_done:
+            raise ConfigError(f"{what}() after shutdown(): start a new cluster with TFCluster.run")
+        return self._feeder
+
+    @property
+    def cluster_info(self) -> list[dict]:
+        """One dict per node: id, job name, task index, host, TF port, process id."""
+        return [{"executor_id": n.role.node_id, "worker_num": n.role.node_id,
+                 "job_name": n.role.job_name, "task_index": n.role.task_index,
+                 "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
+                 "pid": n.pid, "state": n.state.value if n.state else None}
+                for n in self.state.nodes.values()]
+
+    @property
+    def restarts(self) -> list[tuple]:
+        """The failures that made the driver restart the cluster (max_restarts), oldest first:
+        one tuple of ``NodeFailed`` per restart."""
+        return list(self.state.past_failures)
+
+    def tensorboard_url(self, timeout: float = 60.0) -> str | None:
+        """TensorBoard's URL once it serves (None when started without ``tensorboard``)."""
+        if not self.config.tensorboard:
+            return None
+        with self.state.changed:
+            self.state.changed.wait_for(lambda: "tensorboard" in self.state.services
+                                        or self.state.failures, timeout)
+            return self.state.services.get("tensorboard")
+
+    def shutdown(self, grace_secs: float = 0, timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT):
+        """Waits for the nodes to finish, stops the servers, releases the executors.
+
+        Waits up to ``timeout`` seconds (None: no limit) for every chief, worker and evaluator
+        to return from ``map_fun`` (ps nodes, and any node blocked in ``server.join()``, only
+        serve and are stopped), then ``grace_secs`` more (e.g. for TensorBoard), then stops the
+        cluster. Raises ClusterFailed when a node failed, first failure first.
+        """
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        try:
+            if self._feeder is not None:
+                self._feeder.end_of_data()
+            self.state.wait_finished(timeout)
+            if grace_secs > 0:
+                self._closed.wait(grace_secs)
+        finally:
+            self._stop_everything()
+        if self.state.failures:
+            raise ClusterFailed(f"the TF cluster failed: {self.state.failures[0]}",
+                                tuple(self.state.failures))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown()
+        else:
+            self._shutdown_done = True
+            self._stop_everything()
+
+
+def spark_context(sc_or_session):
+    """The SparkContext of a SparkContext or a classic SparkSession."""
+    sc = getattr(sc_or_session, "sparkContext", sc_or_session)
+    try:
+        sc._jsc  # noqa: B018 - only classic (JVM-backed) contexts have one
+    except Exception:
+        raise ConfigError("tfos needs a classic SparkSession or SparkContext; Spark Connect "
+                          "sessions cannot run barrier jobs. Build the session without "
+                          "spark.remote / SPARK_REMOTE") from None
+    return sc
+
+
+def rdma_unavailable(sysfs_root: str | None = None) -> str:
+    """Why ``rdma=True`` cannot be honoured on this driver host (it never falls back to TCP)."""
+    import socket
+
+    from rdma import devices
+    missing = devices.missing_rdma(sysfs_root or devices.SYSFS_ROOT)
+    if missing:
+        return (f"rdma=True (--rdma) on host {socket.gethostname()}: {missing}. Drop --rdma to "
+                "use TensorFlow's gRPC transport")
+    return ("rdma=True (--rdma): this host has an RDMA device, but this version of tfos has no "
+            "RDMA transport for TensorFlow's tensors yet; drop --rdma to use gRPC")
+
+
+def default_fs(sc) -> str:
+    return sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+
+
+def pickle_map_fun(map_fun, tf_args) -> bytes:
+    """Pickles ``(map_fun, tf_args)`` for the TF nodes, naming the culprit when it cannot.
+
+    A function from a user module that executors cannot import (a script beside the driver's
+    main file, say) is pickled by value, so migrated scripts need no ``--py-files``.
+    """
+    from pyspark import cloudpickle
+    module = sys.modules.get(getattr(map_fun, "__module__", None) or "")
+    by_value = module is not None and _is_user_module(module)
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps((map_fun, tf_args))
+    except Exception as exc:
+        raise ConfigError(
+            f"map_fun {getattr(map_fun, '__qualname__', map_fun)!r} or its args cannot be "
+            f"pickled for the TF nodes: {type(exc).__name__}: {exc}. Define map_fun at module "
+            "level and keep SparkContext, sessions, locks and open files out of what it "
+            "captures") from None
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _is_user_module(module) -> bool:
+    path = getattr(module, "__file__", None)
+    if module.__name__ == "__main__" or not path:
+        return False  # __main__ is pickled by value already; builtins have no file
+    parts = os.path.abspath(path).split(os.sep)
+    return ("site-packages" not in parts and "dist-packages" not in parts
+            and not module.__name__.startswith(("tfos.", "pyspark.")))

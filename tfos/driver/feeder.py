@@ -1,0 +1,275 @@
+"""Feeding Spark data into a running cluster: ``train`` and ``inference`` (driver side).
+
+``train(data, num_epochs)``: counts the rows of every partition once, then for each epoch
+plans the split (``tfos.core.feed_plan``: the same number of records for every worker), announces
+the epoch to each worker's feed endpoint, and runs one Spark job whose tasks stream their
+partition's ranges into the workers (``tfos.executor.feed_task``). The data never passes through the
+driver; only the small epoch markers do. When the nodes stop consuming (``terminate()``, a
+failure, the end of ``map_fun``) the feed job is cancelled at once.
+
+``inference(data)``: a lazy RDD (or DataFrame) whose tasks each feed one partition to one
+worker and yield the results in row order.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from rdma import comm as rdma_comm
+from rdma import peer
+from tfos.core import feed_codec, topology
+from tfos.core import feed_messages as fm
+from tfos.core import messages as m
+from tfos.core.config import ClusterConfig
+from tfos.core.errors import ClusterFailed, ConfigError, FeedJobFailed
+from tfos.core.feed_plan import plan_epoch
+from tfos.driver import spark_errors
+from tfos.driver.cluster_state import ClusterState
+from tfos.driver.feed_jobs import is_dataframe
+from tfos.executor.feed_task import FeedSpec, NodeEndpoint
+
+logger = logging.getLogger(__name__)
+
+
+class Feeder:
+    """The driver's side of the data plane for one cluster.
+
+    Built from what it uses: the cluster's ``config`` and ``state`` (where the nodes' feed
+    endpoints and failures are), its ``secret``, the address of its control service (where feed
+    tasks report bad data) and ``jobs``, which runs the feed jobs (``SparkFeedJobs``).
+    """
+
+    def __init__(self, config: ClusterConfig, state: ClusterState, secret: bytes,
+                 driver_address: str, jobs):
+        self.config = config
+        self.state = state
+        self.jobs = jobs
+        self._secret = secret
+        self._driver_address = driver_address
+        self._epochs: dict[str, int] = {}      # next epoch number per feed
+        self._markers: dict[int, rdma_comm.Comm] = {}  # node id -> driver connection to its feed
+        self._lock = threading.Lock()
+        # One marker exchange (send, then its reply) at a time per driver: train() may be
+        # called from several threads (a streaming query's foreachBatch and the notebook).
+        self._marker_lock = threading.Lock()
+        # Row counts of cached datasets already fed, by object identity (the object is kept
+        # with them, so its id cannot be reused): a second train() on them skips the count.
+        self._counts: dict[int, tuple[object, list[int]]] = {}
+        # (feed, epoch) -> the first bad-data report of that epoch's feed job.
+        self._rejected: dict[tuple[str, int], m.FeedDataRejected] = {}
+        self.terminated = threading.Event()
+        self._fed_any = False   # an epoch was announced to every worker: they were fed
+        # terminate() ends the feeding at once; so does a failure (TFCluster stops the nodes
+        # and calls cancel). A node that returned normally may have read all it was owed while
+        # others still read theirs: its feeders find it gone, and then the feed stops
+        # (_run_job). A feed task that finds bad data stops its job at once.
+        state.on_feed_terminated = lambda node_id, feed: self.cancel()
+        state.on_feed_data_rejected = self._data_rejected
+
+    # -- endpoints ----------------------------------------------------------------------------
+    def workers(self) -> list[int]:
+        """Node ids that receive data: the chief and the workers, in role order."""
+        return [r.node_id for r in self.config.roles if topology.is_trainer(r)]
+
+    def endpoints(self, timeout: float) -> tuple[NodeEndpoint, ...]:
+        state = self.state
+        ids = self.workers()
+        with state.changed:
+            ready = state.changed.wait_for(
+                lambda: state.failures or all(i in state.feed_uris for i in ids), timeout)
+            if state.failures:
+                raise ClusterFailed(f"the TF cluster failed: {state.failures[0]}",
+                                    tuple(state.failures))
+            if not ready:
+                missing = [state.nodes[i].label for i in ids if i not in state.feed_uris]
+                raise FeedJobFailed(f"nodes {', '.join(missing)} did not open their feed within "
+                                    f"{timeout:.0f}s; check their output above")
+            return tuple(NodeEndpoint(state.nodes[i].label, tuple(state.feed_uris[i]))
+                         for i in ids)
+
+    def _marker_conn(self, node_id: int, endpoint: NodeEndpoint) -> rdma_comm.Comm:
+        conn = self._markers.get(node_id)
+        if conn is None:
+            # Over the network even on the node's host: a shared-memory ring would cost the
+            # node megabytes for a few markers.
+            conn = peer.connect(endpoint.uris, self._secret, timeout=30, same_host=False)
+            conn.send(feed_codec.encode(fm.DriverHello()))
+            self._markers[node_id] = conn
+        return conn
+
+    def _mark(self, node_id: int, endpoint: NodeEndpoint, marker) -> bool:
+        """Sends one marker; False when the node is gone because the nodes stopped consuming."""
+        what = type(marker).__name__
+        try:
+            with self._marker_lock:
+                conn = self._marker_conn(node_id, endpoint)
+                conn.send(feed_codec.encode(marker))
+                reply, _ = feed_codec.decode(conn.recv(timeout=60), fm.TO_DRIVER, "node answer")
+        except rdma_comm.CommError as exc:
+            if self._stopped_consuming():
+                return False
+            raise FeedJobFailed(f"cannot send the {what} marker to node {endpoint.label}: "
+                                f"{exc}") from None
+        if isinstance(reply, fm.Error):
+            raise FeedJobFailed(f"node {endpoint.label} refused the {what} marker: "
+                                f"{reply.message}")
+        return True
+
+    # -- train --------------------------------------------------------------------------------
+    def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> None:
+        if num_epochs < 1:
+            raise ConfigError(f"num_epochs={num_epochs}: must be at least 1")
+        endpoints = self.endpoints(feed_timeout)
+        arrow = is_dataframe(data)
+        counts = self._partition_counts(data)
+        ids = self.workers()
+        if sum(counts) < len(ids):
+            raise ConfigError(
+                f"train() got {sum(counts)} rows in {len(counts)} partitions for {len(ids)} "
+                "workers: every worker must get the same number of rows, so nothing would be "
+                "fed. Check the data (a filter that removed everything?); in a streaming "
+                "foreachBatch, skip empty micro-batches (if batch_df.isEmpty(): return)")
+        for _ in range(num_epochs):
+            self._raise_if_failed()
+            if self.terminated.is_set() or self.state.stop_requested:
+                logger.info("feed %r: the nodes stopped consuming; not feeding more epochs",
+                            qname)
+                break
+            with self._lock:
+                epoch = self._epochs.get(qname, 0)
+                self._epochs[qname] = epoch + 1
+            plan = plan_epoch(counts, len(ids), epoch)
+            start = fm.EpochStart(qname, epoch, plan.per_worker)
+            marked = [self._mark(node_id, endpoint, start)
+                      for node_id, endpoint in zip(ids, endpoints)]
+            if not all(marked):
+                if not self._fed_any:
+                    gone = [self.state.nodes[i].label for i in ids if self._exited(i)]
+                    raise FeedJobFailed(
+                        f"node {', '.join(gone) or '?'} returned from map_fun before train() "
+                        "fed it any data, so its share would be lost: in InputMode.SPARK, "
+                        "map_fun must read its feed (ctx.get_data_feed(...)) until should_stop()")
+                logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
+                            qname, epoch)
+                break
+            logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
+                        plan.per_worker, plan.dropped)
+            spec = self._spec(qname, epoch, endpoints, plan, feed_timeout, arrow)
+            self._fed_any = True
+            try:
+                self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+            except FeedJobFailed:
+                self._cut(qname, epoch, ids, endpoints)
+                raise
+        self._raise_if_failed()
+
+    def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:
+        """After a failed feed job: each worker's epoch ends with what it received, so the
+        nodes are not left waiting for records that will never come."""
+        for node_id, endpoint in zip(ids, endpoints):
+            try:
+                self._mark(node_id, endpoint, fm.EpochCut(qname, epoch))
+            except (FeedJobFailed, ClusterFailed) as exc:
+                logger.info("could not cut epoch %d of feed %r on %s: %s", epoch, qname,
+                            endpoint.label, exc)
+
+    def _spec(self, qname: str, epoch: int, endpoints, plan, feed_timeout: float,
+              arrow: bool) -> FeedSpec:
+        return FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
+                        arrow=arrow, buffer_bytes=self.config.feed_buffer_bytes,
+                        driver_address=self._driver_address)
+
+    def _partition_counts(self, data) -> list[int]:
+        known = self._counts.get(id(data))
+        if known is not None and known[0] is data:
+            return known[1]
+        counts = self.jobs.count(data)
+        if data.is_cached:
+            self._counts[id(data)] = (data, counts)
+        return counts
+
+    def _raise_if_failed(self) -> None:
+        failures = self.state.failures
+        if failures:
+            raise ClusterFailed(f"the TF cluster failed: {failures[0]}", tuple(failures))
+
+    def _run_job(self, data, spec: FeedSpec, what: str) -> None:
+        error = self.jobs.run(data, spec, what, self.terminated)
+        rejected = self._rejected.pop((spec.feed, spec.epoch), None)
+        if error is not None and not (self.terminated.is_set() or self.state.stop_requested):
+            # Bad data is the data's fault, not a sign of nodes going away: no need to wait
+            # and see whether they stopped consuming.
+            if rejected is not None:
+                raise FeedJobFailed(f"{what} failed: FeedDataError: {rejected.message}")
+            if not self._stopped_consuming():
+                raise FeedJobFailed(f"{what} failed: {spark_errors.summarize(error)}")
+        self._raise_if_failed()
+
+    def _data_rejected(self, report: m.FeedDataRejected) -> None:
+        """A feed task found rows it cannot feed: its job is stopped at once."""
+        logger.error("feed %r epoch %d: partition %d cannot be fed: %s", report.feed,
+                     report.epoch, report.partition, report.message)
+        with self._lock:
+            self._rejected.setdefault((report.feed, report.epoch), report)
+        self.jobs.cancel()
+
+    def _stopped_consuming(self) -> bool:
+        """After the feed broke (a feeder or a marker found its node gone): True when the nodes
+        stopped consuming, and feeding ends quietly; raises when a node failed.
+
+        A node that died makes its connections fail before its exit reaches the driver, and
+        nodes often end at nearly the same moment (one returns, another fails): the exits get
+        a grace to arrive, so the error names the failed node, not the symptom.
+        """
+        state, config = self.state, self.config
+        stopped = lambda: state.failures or self.terminated.is_set()  # noqa: E731
+        with state.changed:
+            state.changed.wait_for(stopped, config.kill_grace + 2 * config.heartbeat_interval)
+            state.changed.wait_for(lambda: stopped() or self._a_worker_exited(),
+                                   config.heartbeat_timeout)
+        self._raise_if_failed()
+        if self._a_worker_exited():   # it returned without reading all it was sent
+            self.terminated.set()
+        return self.terminated.is_set()
+
+    def cancel(self) -> None:
+        """Stops feeding for good: the running feed job is cancelled, later ones not started."""
+        if not self.terminated.is_set():
+            self.terminated.set()
+            logger.info("the nodes stopped consuming: cancelling feed job group %s",
+                        self.jobs.job_group)
+        self.jobs.cancel()
+
+    def _exited(self, node_id: int) -> bool:
+        return self.state.nodes[node_id].state == m.NodeState.EXITED
+
+    def _a_worker_exited(self) -> bool:
+        return any(self._exited(i) for i in self.workers())
+
+    def end_of_data(self) -> None:
+        """Tells every worker that each feed is over: those it received after their last
+        epoch, any other at once (a map_fun still waiting for data returns)."""
+        endpoints = self.endpoints(30)
+        last_epochs = {qname: next_epoch - 1 for qname, next_epoch in self._epochs.items()}
+        for node_id, endpoint in zip(self.workers(), endpoints):
+            try:
+                self._mark(node_id, endpoint, fm.EndAll(last_epochs))
+            except (FeedJobFailed, ClusterFailed) as exc:  # an exited node cannot be told
+                logger.info("could not send end of data to %s: %s", endpoint.label, exc)
+
+    def close(self) -> None:
+        for conn in self._markers.values():
+            conn.close()
+        self._markers.clear()
+
+    # -- inference -----------------------------------------------------------------------------
+    def inference(self, data, feed_timeout: float, qname: str, output_schema=None):
+        endpoints = self.endpoints(feed_timeout)
+        with self._lock:
+            self._epochs.setdefault(qname, 1)   # one unannounced epoch, closed by end_of_data
+        if is_dataframe(data) and output_schema is None:
+            raise ConfigError("inference on a DataFrame needs output_schema (the result "
+                              "columns, e.g. 'prediction float'): they are added next to "
+                              "the input columns")
+        spec = self._spec(qname, 0, endpoints, None, feed_timeout, is_dataframe(data))
+        return self.jobs.inference(data, spec, output_schema)

@@ -1,0 +1,394 @@
+"""Feed tasks: one Spark task per partition streams its rows into TF nodes (executor side).
+
+The feed jobs of ``tfos.driver.feed_jobs`` run the thin closures at the end of this module
+(``train_rows``, ``train_arrow``, ``infer_rows``, ``infer_arrow``, ``count_rows``); tests call
+the functions they wrap directly with a list. Training: the partition's rows are cut by the
+epoch plan into ranges, each range goes to its worker in chunks of columns. Inference: the
+whole partition goes to one worker and the results come back on the same connection, in row
+order. ``rdma.peer`` picks the transport: shared memory for a node on this host, TCP otherwise.
+
+A row that cannot be fed (``FeedDataError``) is reported to the driver's control service
+before the task fails, so ``train()`` knows the data is at fault without reading Spark's error
+text, and stops the feed job at once.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from rdma import comm as rdma_comm
+from rdma import peer
+from tfos.core import feed_codec
+from tfos.core import feed_messages as fm
+from tfos.core import messages as m
+from tfos.core.config import DEFAULT_FEED_BUFFER_BYTES, feed_sizes
+from tfos.core.errors import DriverUnreachable, FeedDataError, FeedFailed
+from tfos.core.feed_plan import EpochPlan
+from tfos.core.feed_rows import arrow_to_columns, rows_to_columns
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    label: str                 # "worker:1@host", for messages
+    uris: tuple[str, ...]      # as rdma.peer.advertise wrote them (shm:// and tcp://)
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    feed: str
+    epoch: int
+    workers: tuple[NodeEndpoint, ...]    # indexed by worker number in the plan
+    secret: bytes
+    plan: EpochPlan | None = None        # None: inference
+    chunk_rows: int = 1024               # at most this many rows per message
+    timeout: float = 600.0
+    arrow: bool = False                  # rows are Arrow record batches (DataFrame input)
+    buffer_bytes: int = DEFAULT_FEED_BUFFER_BYTES   # each node's (ClusterConfig.feed_buffer_bytes)
+    # The driver's control service, told about rows that cannot be fed (None: nobody).
+    driver_address: str | None = None
+
+    @property
+    def sizes(self):
+        return feed_sizes(self.buffer_bytes)
+
+
+class _Connection:
+    """One feed task's connection to one node."""
+
+    def __init__(self, spec: FeedSpec, worker: int, mode: fm.FeedMode, partition: int):
+        self.endpoint = spec.workers[worker]
+        sizes = spec.sizes
+        try:
+            uri = peer.choose(self.endpoint.uris)
+        except rdma_comm.CommError:
+            raise FeedFailed(f"node {self.endpoint.label} has no feed address reachable from "
+                             f"this host ({', '.join(self.endpoint.uris)})") from None
+        # A training feeder receives only short answers, an inference feeder result chunks.
+        reply_bytes = (sizes.inference_reply_bytes if mode == fm.FeedMode.INFERENCE
+                       else sizes.train_reply_bytes)
+        try:
+            self.comm = rdma_comm.connect(uri, secret=spec.secret, timeout=spec.timeout,
+                                          max_message=sizes.max_message,
+                                          **peer.buffer_options(uri, reply_bytes))
+        except rdma_comm.CommError as exc:
+            raise FeedFailed(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
+        self.comm.send(feed_codec.encode(fm.FeederHello(
+            spec.feed, spec.epoch, mode, None if mode == fm.FeedMode.INFERENCE else partition)))
+        self.sent = 0
+        self._buffer_bytes = spec.buffer_bytes
+
+    def send(self, columns: dict[str, np.ndarray], rows: int, partition: int,
+             first_row: int) -> None:
+        nbytes = sum(c.nbytes for c in columns.values())
+        if nbytes > self._buffer_bytes:
+            what = f"row {first_row}" if rows == 1 else f"rows {first_row}-{first_row + rows - 1}"
+            raise FeedDataError(f"partition {partition}, {what}: {nbytes} bytes, more than the "
+                                f"feed buffer of node {self.endpoint.label} "
+                                f"({self._buffer_bytes} bytes): raise feed_buffer_bytes "
+                                "(TFCluster.run(..., feed_buffer_bytes=...)) or feed smaller "
+                                "records")
+        try:
+            self.comm.send(feed_codec.encode(fm.Batch(rows, first_row), columns))
+        except rdma_comm.CommError as exc:
+            raise FeedFailed(self._why(f"stopped taking data ({exc})")) from None
+        self.sent += rows
+
+    def finish(self) -> None:
+        """Sends the end marker and waits for the node to confirm it took everything."""
+        try:
+            self.comm.send(feed_codec.encode(fm.End(self.sent)))
+            answer, _ = feed_codec.decode(self.comm.recv(), fm.TO_FEEDER, "node answer")
+        except rdma_comm.CommError as exc:
+            raise FeedFailed(self._why(f"closed the feed before confirming ({exc})")) from None
+        if isinstance(answer, fm.Error):
+            raise FeedFailed(self._why(answer.message or "refused the data"))
+        self.comm.close()
+
+    def _why(self, what: str) -> str:
+        return f"node {self.endpoint.label} {what}"
+
+
+class _ChunkSizer:
+    """Rows per message: ``chunk_rows`` at most, fewer when rows are large, so that a message
+    stays near the data plane's ``chunk_bytes`` (``tfos.core.config.feed_sizes``)."""
+
+    def __init__(self, spec: FeedSpec):
+        self._max_rows = spec.chunk_rows
+        self._max_bytes = spec.sizes.chunk_bytes
+        self.rows = 1  # the first message measures the row size
+
+    def update(self, columns: dict[str, np.ndarray], rows: int) -> None:
+        if rows:
+            row_bytes = max(1, sum(c.nbytes for c in columns.values()) // rows)
+            self.rows = max(1, min(self._max_rows, self._max_bytes // row_bytes))
+
+
+def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> int:
+    """Sends this partition's planned ranges of one epoch; returns the number of rows sent."""
+    ranges = sorted(spec.plan.for_partition(partition), key=lambda r: r.start)
+    source = _row_source(spec, partition, rows)
+    if not ranges:
+        source.drain()
+        return 0
+    connections: dict[int, _Connection] = {}
+    try:
+        sent = _send_ranges(spec, partition, ranges, source, connections)
+    except BaseException:
+        for conn in connections.values():   # the node sees the end at once, not at GC
+            conn.comm.close()
+        raise
+    # Read the partition to its end even past the planned rows: a Python worker that left
+    # input unread cannot be reused, and starting a new one costs more than the reading.
+    source.drain()
+    return sent
+
+
+def _send_ranges(spec: FeedSpec, partition: int, ranges, source, connections) -> int:
+    position = 0
+    sent = 0
+    sizer = _ChunkSizer(spec)
+    for row_range in ranges:
+        source.skip(row_range.start - position)
+        position = row_range.start
+        conn = connections.get(row_range.worker)
+        if conn is None:
+            conn = connections[row_range.worker] = _Connection(spec, row_range.worker,
+                                                                  fm.FeedMode.TRAIN, partition)
+        remaining = len(row_range)
+        while remaining:
+            columns, n = source.take(min(remaining, sizer.rows))
+            sizer.update(columns, n)
+            if n == 0:
+                raise FeedFailed(f"partition {partition} ended at row {position}, before the "
+                                 f"{row_range.stop} rows it had when counted: feed deterministic "
+                                 "data (cache it, or fix the seed of any sampling)")
+            conn.send(columns, n, partition, position)
+            remaining -= n
+            position += n
+            sent += n
+    for conn in connections.values():
+        conn.finish()
+    return sent
+
+
+class _RowSource:
+    """Rows of a partition handed out as column chunks, in order."""
+
+    def __init__(self, rows: Iterable, partition: int):
+        self._rows = iter(rows)
+        self._partition = partition
+        self._index = 0
+
+    def skip(self, n: int) -> None:
+        for _ in itertools.islice(self._rows, n):
+            pass
+        self._index += n
+
+    def drain(self) -> None:
+        for _ in self._rows:
+            pass
+
+    def take(self, n: int):
+        chunk = list(itertools.islice(self._rows, n))
+        columns = rows_to_columns(chunk, self._partition, self._index) if chunk else {}
+        self._index += len(chunk)
+        return columns, len(chunk)
+
+
+class _ArrowSource:
+    """Rows of a partition given as Arrow record batches (``mapInArrow``)."""
+
+    def __init__(self, batches: Iterable, partition: int):
+        self._batches = iter(batches)
+        self._partition = partition
+        self._current = None
+        self._offset = 0
+        self._index = 0
+
+    def _batch(self):
+        while self._current is None or self._offset >= self._current.num_rows:
+            self._current = next(self._batches, None)
+            self._offset = 0
+            if self._current is None:
+                return None
+        return self._current
+
+    def skip(self, n: int) -> None:
+        while n:
+            batch = self._batch()
+            if batch is None:
+                return
+            step = min(n, batch.num_rows - self._offset)
+            self._offset += step
+            self._index += step
+            n -= step
+
+    def drain(self) -> None:
+        for _ in self._batches:
+            pass
+
+    def take(self, n: int):
+        batch = self._batch()
+        if batch is None:
+            return {}, 0
+        piece = batch.slice(self._offset, min(n, batch.num_rows - self._offset))
+        self._offset += piece.num_rows
+        columns = arrow_to_columns(piece, self._partition, self._index)
+        self._index += piece.num_rows
+        return columns, piece.num_rows
+
+
+def _row_source(spec: FeedSpec, partition: int, rows: Iterable):
+    return _ArrowSource(rows, partition) if spec.arrow else _RowSource(rows, partition)
+
+
+def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[dict]:
+    """Feeds a whole partition to one worker; yields result column chunks in row order."""
+    worker = partition % len(spec.workers)
+    conn = _Connection(spec, worker, fm.FeedMode.INFERENCE, partition)
+    results: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_read_results, args=(conn, results), daemon=True,
+                              name="tfos-feed-results")
+    reader.start()
+    source = _row_source(spec, partition, rows)
+    received = 0
+    sizer = _ChunkSizer(spec)
+    while True:
+        columns, n = source.take(sizer.rows)
+        sizer.update(columns, n)
+        if n == 0:
+            break
+        conn.send(columns, n, partition, conn.sent)
+        # Hand results on as they come, so neither they nor the rows waiting for them pile up.
+        while not results.empty():
+            received += yield from _yield_result(results.get_nowait())
+    conn.comm.send(feed_codec.encode(fm.End(conn.sent)))
+    while received < conn.sent:
+        try:
+            item = results.get(timeout=spec.timeout)
+        except queue.Empty:
+            raise FeedFailed(f"node {conn.endpoint.label} returned {received} of {conn.sent} "
+                             f"results of partition {partition} within {spec.timeout:.0f}s; "
+                             "its map_fun must call batch_results for every batch") from None
+        received += yield from _yield_result(item)
+    conn.comm.close()
+
+
+def _yield_result(item):
+    """Yields one result chunk (raising a node's error instead); returns its row count."""
+    if isinstance(item, Exception):
+        raise item
+    yield item
+    return len(next(iter(item.values())))
+
+
+def _read_results(conn: _Connection, results: queue.Queue) -> None:
+    try:
+        while True:
+            answer, columns = feed_codec.decode(conn.comm.recv(), fm.TO_FEEDER, "node answer")
+            if isinstance(answer, fm.Error):
+                results.put(FeedFailed(f"node {conn.endpoint.label}: {answer.message}"))
+                return
+            if isinstance(answer, fm.Results):
+                results.put({k: v.copy() for k, v in columns.items()})
+    except rdma_comm.CommError as exc:
+        results.put(FeedFailed(f"node {conn.endpoint.label} closed the inference feed: {exc}"))
+
+
+# -- what the feed jobs run (tfos.driver.feed_jobs) ---------------------------------------------
+def report_data_error(spec: FeedSpec, partition: int, error: FeedDataError) -> None:
+    """Tells the driver that this partition holds data that cannot be fed (best effort: the
+    task fails with the error anyway)."""
+    if spec.driver_address is None:
+        return
+    from tfos.executor.control_client import ControlClient
+    message = m.FeedDataRejected(spec.feed, spec.epoch, partition, str(error))
+    try:
+        with ControlClient(spec.driver_address, spec.secret) as client:
+            client.feed_data_rejected(message)
+    except DriverUnreachable as exc:
+        logger.warning("could not tell the driver about the bad data: %s", exc)
+
+
+def _train(spec: FeedSpec, partition: int, rows: Iterable) -> int:
+    try:
+        return feed_training_partition(spec, partition, rows)
+    except FeedDataError as exc:
+        report_data_error(spec, partition, exc)
+        raise
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext
+    return TaskContext.get().partitionId()
+
+
+def train_rows(spec: FeedSpec, partition: int, rows):
+    """``mapPartitionsWithIndex`` of an RDD's training feed: yields the rows sent."""
+    yield _train(spec, partition, rows)
+
+
+def train_arrow(spec: FeedSpec, batches):
+    """``mapInArrow`` of a DataFrame's training feed: one batch with the rows sent."""
+    import pyarrow as pa
+    sent = _train(spec, _partition_id(), batches)
+    yield pa.record_batch({"rows": pa.array([sent], pa.int64())})
+
+
+def count_rows(rows):
+    """``mapPartitions`` that counts a partition's rows."""
+    yield sum(1 for _ in rows)
+
+
+def infer_rows(spec: FeedSpec, partition: int, rows):
+    """``mapPartitionsWithIndex`` of an RDD's inference: the results, one per row, in order."""
+    for columns in infer_partition(spec, partition, rows):
+        values = list(columns.values())
+        if len(values) == 1 and list(columns) == ["0"]:
+            yield from (v.item() if v.ndim == 0 else v.tolist() for v in values[0])
+        else:
+            yield from zip(*(v.tolist() for v in values))
+
+
+def infer_arrow(spec: FeedSpec, schema, batches):
+    """``mapInArrow`` of a DataFrame's inference: the input rows with the result columns of
+    ``schema`` appended, as the results arrive (only rows awaiting results are held)."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_type
+    waiting: collections.deque = collections.deque()   # input batches sent, not yet answered
+
+    def remember(stream):
+        for batch in stream:
+            waiting.append(batch)
+            yield batch
+
+    for chunk in infer_partition(spec, _partition_id(), remember(batches)):
+        out = pa.Table.from_batches(_take_rows(waiting, len(next(iter(chunk.values())))))
+        for name, values in zip(schema.names[out.num_columns:], chunk.values()):
+            column = pa.array(values.tolist()).cast(to_arrow_type(schema[name].dataType))
+            out = out.append_column(name, column)
+        yield from out.to_batches()
+
+
+def _take_rows(waiting, rows: int) -> list:
+    """The first ``rows`` rows of the queued Arrow batches, removed from the queue."""
+    taken = []
+    while rows:
+        batch = waiting[0]
+        if batch.num_rows <= rows:
+            taken.append(waiting.popleft())
+            rows -= batch.num_rows
+        else:
+            taken.append(batch.slice(0, rows))
+            waiting[0] = batch.slice(rows)
+            rows = 0
+    return taken

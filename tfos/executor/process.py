@@ -1,0 +1,73 @@
+"""Child processes of a node task (executor side): the TF node and helper services.
+
+Every child is the leader of its own process group, and asks the kernel to SIGKILL it when
+its parent dies (``PR_SET_PDEATHSIG``), so a Spark Python worker killed by task cancellation
+cannot leave an orphan behind. Normal clean-up stops the whole group: SIGTERM, then SIGKILL
+after a grace period (a TF process that built a distribution strategy ignores SIGTERM).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+logger = logging.getLogger(__name__)
+
+def guarded(command: list[str]) -> list[str]:
+    """Wraps ``command`` so it runs under the parent-death guard (see ``tfos.executor.process_guard``)."""
+    return [sys.executable, "-m", "tfos.executor.process_guard", str(os.getpid()), "--", *command]
+
+
+class ChildProcess:
+    """A child in its own process group, stopped with its whole group on ``stop`` or exit."""
+
+    def __init__(self, command: list[str], *, env: dict[str, str], cwd: str | None = None,
+                 stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=(),
+                 kill_grace: float = 3.0):
+        self.kill_grace = kill_grace
+        self.popen = subprocess.Popen(command, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+                                      stderr=stderr, pass_fds=pass_fds, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def stop(self) -> int:
+        """Stops the process group (TERM, then KILL after the grace period); returns exit code."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(self.kill_grace)
+        except subprocess.TimeoutExpired:
+            logger.info("process %d ignored SIGTERM for %.1fs; sending SIGKILL",
+                        self.pid, self.kill_grace)
+        # Kill the group even when the leader exited: grandchildren may remain in it.
+        self._signal_group(signal.SIGKILL)
+        return self.popen.wait()
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@contextlib.contextmanager
+def reserved_port(host: str):
+    """Holds a free TCP port on ``host`` until the block ends.
+
+    The socket is bound with SO_REUSEADDR but never listens, so a server that also sets
+    SO_REUSEADDR (TensorFlow's gRPC server, TensorBoard) can bind the same port while we hold
+    it, and nobody else can take it in between.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()

@@ -1,0 +1,137 @@
+"""The ``ctx`` handed to ``map_fun(args, ctx)`` (runs inside the TF node process).
+
+Carries the node's identity (job name, task index, cluster spec) and helpers for
+TensorFlow-native set-up. TensorFlow is imported lazily, only by the helpers that need it, so
+``TF_CONFIG`` and the user's own environment settings take effect before TF loads.
+"""
+from __future__ import annotations
+
+import os
+
+from tfos.core import launch, paths
+from tfos.core.errors import ConfigError
+
+
+class NodeContext:
+    """What a node knows about itself and its cluster (TensorFlowOnSpark's ``TFNodeContext``).
+
+    Attributes: ``job_name`` ("chief", "worker", "ps", "evaluator"), ``task_index``,
+    ``worker_num`` (this node's id, 0..n-1, unique across jobs), ``num_workers`` (the chief
+    plus the workers), ``cluster_spec`` (job name -> list of "host:port"), ``defaultFS``,
+    ``working_dir``, ``host``, ``log_dir`` (the TensorBoard log directory, or None),
+    ``restart`` (0 in the first run; n after the driver restarted the cluster n times).
+    Built from the node task's ``tfos.core.launch.LaunchRecord``.
+    """
+
+    def __init__(self, record: launch.LaunchRecord):
+        self.job_name: str = record.job_name
+        self.task_index: int = record.task_index
+        self.worker_num: int = record.node_id
+        self.executor_id: int = record.node_id
+        self.num_workers: int = record.num_workers
+        self.cluster_spec: dict[str, list[str]] = record.cluster_spec
+        self.defaultFS: str = record.default_fs
+        self.working_dir: str = record.working_dir
+        self.host: str = record.host
+        self.log_dir: str | None = record.log_dir
+        self.restart: int = record.restart
+        self._status_fd = record.status_fd
+        self._feed_endpoint = record.feed
+        self._feed_server = None
+
+    def absolute_path(self, path: str) -> str:
+        """``path`` qualified against the default filesystem (see ``tfos.core.paths.absolute_path``)."""
+        return paths.absolute_path(path, self.defaultFS, self.working_dir)
+
+    def cluster_resolver(self):
+        """TensorFlow's resolver for this node, read from ``TF_CONFIG``."""
+        import tensorflow as tf
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+    def start_cluster_server(self, num_gpus: int = 0, rdma: bool = False):
+        """Starts this node's ``tf.distribute.Server``; returns ``(tf.train.ClusterSpec, server)``.
+
+        For TF1-style between-graph replication and for the ps/worker nodes of
+        ParameterServerStrategy. ``server.join()`` tells tfos the node now only serves, so the
+        driver stops it once the nodes that run to completion (chief, workers) have finished.
+        """
+        if rdma:
+            raise ConfigError("start_cluster_server(rdma=True): TensorFlow 2.21 has no RDMA "
+                              "protocol for its own gRPC runtime; leave rdma=False")
+        if self.job_name not in self.cluster_spec:
+            raise ConfigError(f"start_cluster_server() on a {self.job_name!r} node: only nodes "
+                              f"in the cluster spec ({sorted(self.cluster_spec)}) run a server")
+        import tensorflow as tf
+        spec = tf.train.ClusterSpec(self.cluster_spec)
+        config = None
+        if num_gpus == 0:
+            config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+        server = tf.distribute.Server(spec, job_name=self.job_name, task_index=self.task_index,
+                                      config=config, start=True)
+        return spec, ClusterServer(server, self._notify_serving)
+
+    def start_feed_server(self, secret: bytes) -> None:
+        """Opens this node's feed endpoint (InputMode.SPARK) and announces its addresses."""
+        endpoint = self._feed_endpoint
+        if endpoint is None:
+            return
+        from rdma import peer
+        from tfos.core.runtime import listen_host
+        from tfos.node.feed_server import FeedServer
+        uris = peer.listen_uris(listen_host(endpoint.host, endpoint.bind_all),
+                                endpoint.socket_path)
+        self._feed_server = FeedServer(
+            uris, secret, endpoint.buffer_bytes, stall_timeout=endpoint.stall_timeout,
+            on_stall=lambda reason: self._notify(launch.Stalled(reason)))
+        self._notify(launch.FeedOpened([peer.advertise(address, endpoint.host)
+                                        for address in self._feed_server.addresses]))
+
+    def unread_feed_error(self) -> str | None:
+        """After map_fun returned: why that loses data, when a feed got records it never read."""
+        unread = self._feed_server.unread_feeds() if self._feed_server else []
+        if not unread:
+            return None
+        feeds = ", ".join(f"{name!r} ({records} records arrived)" for name, records in unread)
+        return (f"map_fun returned without reading feed {feeds} that Spark fed to this node: "
+                "read it with ctx.get_data_feed(qname_in=...) until should_stop(), or call "
+                "feed.terminate() to stop the feeding on purpose")
+
+    def get_data_feed(self, train_mode: bool = True, qname_in: str = "input",
+                      qname_out: str = "output", input_mapping: dict | None = None,
+                      timeout: float | None = None):
+        """The ``DataFeed`` of feed ``qname_in`` (InputMode.SPARK; TensorFlowOnSpark's API).
+
+        ``qname_out`` is accepted for compatibility: results go back on the connection their
+        rows came from. ``timeout`` bounds each wait for data (None: wait for the driver).
+        """
+        if self._feed_server is None:
+            raise ConfigError(f"get_data_feed() on {self.job_name}:{self.task_index}: only the "
+                              "chief and workers of a cluster started with "
+                              "input_mode=InputMode.SPARK receive data")
+        from tfos.node.data_feed import DataFeed
+        return DataFeed(self._feed_server.queue(qname_in), train_mode, input_mapping,
+                        on_terminate=lambda: self._notify(launch.FeedStopped(qname_in)),
+                        timeout=timeout)
+
+    def _notify(self, event) -> None:
+        """Tells the node task (see ``tfos.core.launch``: one line, written at once)."""
+        if self._status_fd is not None:
+            os.write(self._status_fd, launch.encode_event(event))
+
+    def _notify_serving(self) -> None:
+        self._notify(launch.Serving())
+
+
+class ClusterServer:
+    """A ``tf.distribute.Server`` whose ``join()`` first tells the supervisor it is serving."""
+
+    def __init__(self, server, on_join):
+        self._server = server
+        self._on_join = on_join
+
+    def join(self):
+        self._on_join()
+        self._server.join()
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)

@@ -1,0 +1,148 @@
+"""``DataFeed``: what ``ctx.get_data_feed()`` returns in a TF node (InputMode.SPARK).
+
+TensorFlowOnSpark's API (``next_batch``, ``batch_results``, ``should_stop``, ``terminate``)
+over a :class:`~tfos.node.feed_queue.FeedQueue` of columnar chunks, plus the fast path
+``dataset(batch_size)``: a ``tf.data.Dataset`` of whole column batches that ends exactly at
+each epoch's end, so Keras ``fit(dataset, epochs=N)`` sees the same number of batches on every
+worker.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from tfos.node.feed_queue import Chunk, FeedQueue
+from tfos.core.errors import FeedUsageError
+
+
+class DataFeed:
+    def __init__(self, queue: FeedQueue, train_mode: bool = True,
+                 input_mapping: dict[str, str] | None = None,
+                 on_terminate: Callable[[], None] | None = None, timeout: float | None = None):
+        self.queue = queue
+        self.train_mode = train_mode
+        self.input_mapping = input_mapping
+        self._on_terminate = on_terminate
+        self._timeout = timeout
+        self._pending: list[tuple[Chunk, int, int]] = []   # rows awaiting batch_results
+        self._stopped = False
+
+    # -- columns ---------------------------------------------------------------------------
+    def next_columns(self, batch_size: int, within_epoch: bool = False):
+        """Up to ``batch_size`` rows as ``{column: array}``.
+
+        With ``within_epoch``, a batch never spans two epochs and ``{}`` marks an epoch's end.
+        Returns None once the feed is over.
+        """
+        if batch_size < 1:
+            raise FeedUsageError(f"batch_size={batch_size}: must be at least 1")
+        pieces = self.queue.take(batch_size, within_epoch, self._timeout)
+        if pieces is None:
+            self._stopped = True
+            return None
+        if not self.train_mode:
+            self._pending.extend(pieces)
+        return _assemble(pieces)
+
+    # -- TensorFlowOnSpark's API ------------------------------------------------------------
+    def next_batch(self, batch_size: int):
+        """Up to ``batch_size`` items: a list of rows, or with ``input_mapping`` a dict of
+        tensor name -> array of that column. Empty once the feed is over."""
+        columns = self.next_columns(batch_size)
+        if not columns:
+            return {} if self.input_mapping else []
+        if self.input_mapping:
+            return {tensor: columns[column] for column, tensor in self.input_mapping.items()}
+        values = list(columns.values())
+        if len(values) == 1 and list(columns) == ["0"]:
+            return list(values[0])
+        return list(zip(*values))
+
+    def should_stop(self) -> bool:
+        return self._stopped or self.queue.done
+
+    def batch_results(self, results) -> None:
+        """Sends one result per row handed out by ``next_batch``, in the same order."""
+        columns = _result_columns(results)
+        rows = {len(v) for v in columns.values()}
+        owed = sum(stop - start for _, start, stop in self._pending)
+        if rows != {owed}:
+            raise FeedUsageError(f"batch_results got {sorted(rows)} results for {owed} rows "
+                                 "handed out by next_batch: return exactly one result per row")
+        offset = 0
+        for chunk, start, stop in self._pending:
+            n = stop - start
+            chunk.reply({k: v[offset:offset + n] for k, v in columns.items()})
+            offset += n
+        self._pending = []
+
+    def terminate(self) -> None:
+        """Stops consuming: the driver cancels the feed and nothing more is read."""
+        self._stopped = True
+        self.queue.terminate()
+        if self._on_terminate is not None:
+            self._on_terminate()
+
+    # -- tf.data ------------------------------------------------------------------------------
+    def dataset(self, batch_size: int, columns: list[str] | None = None):
+        """A ``tf.data.Dataset`` of batches of ``batch_size`` rows, one epoch per iteration.
+
+        Elements are tuples of the chosen ``columns`` (default: all, in feed order; a single
+        column is yielded as a tensor), e.g. ``(image, label)`` for Keras ``fit``. Iterating it
+        again continues with the next epoch.
+
+        TensorFlow's auto-sharding is turned off: the feed has already split the data among
+        the workers, and sharding it again would drop most of it. Under a multi-worker strategy
+        Keras treats a dataset's batch as the global batch and splits it among the workers'
+        replicas, so pass the global batch size (per-worker size times workers) there.
+        """
+        import tensorflow as tf
+        first = self._peek()
+        names = columns or list(first)
+        missing = [n for n in names if n not in first]
+        if missing:
+            raise FeedUsageError(f"dataset(columns={names}): the feed has no columns {missing}; "
+                                 f"it has {list(first)}")
+        specs = tuple(tf.TensorSpec((None,) + first[n].shape[1:], tf.as_dtype(first[n].dtype))
+                      for n in names)
+
+        def batches():
+            while True:
+                batch = self.next_columns(batch_size, within_epoch=True)
+                if not batch:
+                    return
+                values = tuple(batch[n] for n in names)
+                yield values[0] if len(values) == 1 else values
+
+        dataset = tf.data.Dataset.from_generator(
+            batches, output_signature=specs[0] if len(specs) == 1 else specs)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(options)
+
+    def _peek(self) -> dict[str, np.ndarray]:
+        """A zero-row view of the first chunk, to learn column names, dtypes and shapes."""
+        chunk = self.queue.peek(self._timeout)
+        if chunk is None:
+            raise FeedUsageError(f"feed {self.queue.name!r} ended before any data arrived, so "
+                                 "its columns are unknown")
+        return {name: array[:0] for name, array in chunk.columns.items()}
+
+
+def _assemble(pieces: list[tuple[Chunk, int, int]]) -> dict[str, np.ndarray]:
+    if not pieces:
+        return {}
+    if len(pieces) == 1:
+        chunk, start, stop = pieces[0]
+        return {name: array[start:stop] for name, array in chunk.columns.items()}
+    names = list(pieces[0][0].columns)
+    return {name: np.concatenate([c.columns[name][a:b] for c, a, b in pieces])
+            for name in names}
+
+
+def _result_columns(results) -> dict[str, np.ndarray]:
+    if isinstance(results, dict):
+        return {str(k): np.asarray(v) for k, v in results.items()}
+    return {"0": np.asarray(results)}

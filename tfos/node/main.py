@@ -1,0 +1,53 @@
+"""Entry point of a TF node process: ``python -m tfos.node.main`` (started by the node task).
+
+The node task starts this process with ``TF_CONFIG`` (and the rest of TensorFlow's environment)
+already set, and writes the launch message of ``tfos.core.launch`` to its stdin: the node's
+launch record, the cluster's secret and the pickled ``(map_fun, tf_args)``. This process arms
+its parent-death guard, builds the ``ctx``, opens its feed endpoint when it is fed, and runs
+``map_fun(tf_args, ctx)``. Its exit code is the node's verdict: 0 when ``map_fun`` returned, 1
+when it raised (with the traceback on stderr, which the node task forwards to the driver).
+"""
+import pickle
+import sys
+import traceback
+
+from tfos.core import launch
+from tfos.core.errors import ProtocolError
+from tfos.core.runtime import die_with_parent
+from tfos.node.context import NodeContext
+
+
+def main() -> int:
+    try:
+        record, secret, payload = launch.decode(sys.stdin.buffer.read())
+    except ProtocolError as exc:
+        print(f"tfos: cannot start this TF node: {exc}", file=sys.stderr)
+        return 1
+    sys.stdin.close()
+    if not die_with_parent(record.parent_pid):
+        return 1
+    ctx = NodeContext(record)
+    ctx.start_feed_server(secret)
+    # Pickled by the Spark driver and handed over by our own parent (see tfos.core.launch).
+    map_fun, tf_args = pickle.loads(payload)
+    try:
+        map_fun(tf_args, ctx)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            traceback.print_exc()
+            return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: B036 - report anything map_fun raised, KeyboardInterrupt too
+        traceback.print_exc()
+        return 1
+    unread = ctx.unread_feed_error()
+    if unread:
+        print(f"tfos: {unread}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
