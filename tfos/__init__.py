@@ -16,10 +16,23 @@ Packages, by the process they run in (imports point only downwards in this list)
 import importlib
 
 from tfos.core.config import ClusterConfig, InputMode
-from tfos.core.errors import (AuthenticationError, ClusterFailed, ConfigError, DriverUnreachable,
-                              FeedDataError, FeedError, FeedFailed, FeedJobFailed,
-                              FeedUsageError, NodeFailed, PreflightError, ProtocolError,
-                              ReservationTimeout, ShutdownTimeout, TfosError)
+from tfos.core.errors import (
+    AuthenticationError,
+    ClusterFailed,
+    ConfigError,
+    DriverUnreachable,
+    FeedDataError,
+    FeedError,
+    FeedFailed,
+    FeedJobFailed,
+    FeedUsageError,
+    NodeFailed,
+    PreflightError,
+    ProtocolError,
+    ReservationTimeout,
+    ShutdownTimeout,
+    TfosError,
+)
 
 __version__ = "0.1.0"
 

@@ -17,8 +17,9 @@ Usage (from the repository root)::
 import os
 import time
 
-import tfos
 from mnist_spark import absolute, mnist_dataframe, spark_session
+
+import tfos
 
 
 def main_fun(args, ctx):

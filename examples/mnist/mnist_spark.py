@@ -20,8 +20,9 @@ Usage (from the repository root, after ``mnist_data_setup.py --output data/mnist
 import os
 import time
 
-import tfos
 from mnist_tf import add_arguments, main_fun
+
+import tfos
 
 NUM_PIXELS = 784
 

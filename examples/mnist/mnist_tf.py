@@ -52,8 +52,8 @@ def main_fun(args, ctx):
     # for main_fun has no use for it.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # warnings, not TensorFlow's INFO chatter
-    import tensorflow as tf
     import mnist_model
+    import tensorflow as tf
 
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})

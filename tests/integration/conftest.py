@@ -39,6 +39,7 @@ class SparkSessions:
         if self.key != key:
             self.stop()
             from pyspark.sql import SparkSession
+
             from tfos.driver.preflight import BARRIER_FAIL_FAST
             builder = SparkSession.builder.master(master).appName("tfos-tests")
             for k, v in {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **conf}.items():

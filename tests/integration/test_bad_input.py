@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import tfos
-from tfos import ClusterFailed, ConfigError
-from tfos import FeedJobFailed
+from tfos import ClusterFailed, ConfigError, FeedJobFailed
 
 
 def read_all(args, ctx):

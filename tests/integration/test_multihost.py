@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-
-import tfos
 from conftest import REPO, SESSION_MARK
 from test_feed import check_epochs, uneven_rdd
+
+import tfos
 
 pytestmark = pytest.mark.multihost
 

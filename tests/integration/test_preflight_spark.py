@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import run_app
 
 
@@ -44,6 +43,7 @@ def test_bad_cluster_size_is_a_config_error(nodes, message):
 def test_spark_session_keeps_the_master_given_to_spark_submit():
     import os
     import subprocess
+
     from conftest import REPO, private_spark_home
     spark_home = private_spark_home()
     result = subprocess.run([os.path.join(spark_home, "bin", "spark-submit"), "--master", "local[2]",

@@ -3,10 +3,10 @@ import json
 import subprocess
 
 import pytest
-
-import tfos
 from conftest import REPO
 from test_strategies import mwms_fit
+
+import tfos
 
 SCRIPT = str(REPO / "scripts" / "spark_standalone.sh")
 

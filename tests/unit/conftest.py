@@ -14,11 +14,11 @@ import psutil
 import pytest
 
 from tfos.core import auth
-from tfos.driver.cluster_state import ClusterState
 from tfos.core.config import ClusterConfig
-from tfos.executor.control_client import ControlClient
-from tfos.driver.control_service import ControlService
 from tfos.core.runtime import python_version, tensorflow_version
+from tfos.driver.cluster_state import ClusterState
+from tfos.driver.control_service import ControlService
+from tfos.executor.control_client import ControlClient
 
 HOST = "127.0.0.1"
 

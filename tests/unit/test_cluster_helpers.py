@@ -13,9 +13,9 @@ import types
 import pytest
 
 from tfos.core import topology
+from tfos.core.errors import ConfigError
 from tfos.driver.cluster import _is_user_module, pickle_map_fun
 from tfos.driver.spark_errors import summarize as summarize_spark_error
-from tfos.core.errors import ConfigError
 
 
 def test_pickle_map_fun_names_a_function_that_captures_a_lock():

@@ -8,14 +8,19 @@ from concurrent import futures
 import grpc
 import pytest
 
+from tfos import DriverUnreachable
 from tfos.core import auth
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig
-from tfos import DriverUnreachable
-from tfos.executor.control_client import ControlClient
+from tfos.core.errors import (
+    ClusterFailed,
+    NodeFailed,
+    ReservationTimeout,
+    ShutdownTimeout,
+)
 from tfos.core.messages import method_path
-from tfos.core.errors import ClusterFailed, NodeFailed, ReservationTimeout, ShutdownTimeout
 from tfos.core.runtime import python_version, tensorflow_version
+from tfos.executor.control_client import ControlClient
 
 HOST = "127.0.0.1"
 CHIEF, WORKER = 0, 1

@@ -4,8 +4,8 @@ import threading
 import numpy as np
 import pytest
 
-from tfos.node.data_feed import DataFeed
 from tfos.core.errors import FeedUsageError
+from tfos.node.data_feed import DataFeed
 from tfos.node.feed_queue import Chunk, FeedQueue
 
 

@@ -4,12 +4,12 @@ import threading
 import numpy as np
 import pytest
 
-from tfos.node.data_feed import DataFeed
-from tfos.core.feed_plan import plan_epoch
-from tfos.node.feed_server import FeedServer
 from rdma import ConnectFailed, peer
 from tfos import FeedDataError, FeedFailed
+from tfos.core.feed_plan import plan_epoch
 from tfos.executor.feed_task import FeedSpec, NodeEndpoint, feed_training_partition
+from tfos.node.data_feed import DataFeed
+from tfos.node.feed_server import FeedServer
 
 SECRET = b"s" * 32
 

@@ -6,8 +6,8 @@ import getpass
 import pytest
 
 from tfos import TFNode
-from tfos.node.context import NodeContext
 from tfos.core.paths import absolute_path
+from tfos.node.context import NodeContext
 
 WD = "/var/spark/work/app-1/0"
 

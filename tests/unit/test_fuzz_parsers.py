@@ -27,6 +27,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from feed_forgery import forge, kind_of
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -37,9 +38,7 @@ from rdma import framing, handshake
 from rdma._io import Channel, Deadline, FrameReader
 from rdma.errors import AuthFailed, CommClosed, CommError, CommTimeout, FrameError
 from rdma.ring import ALIGN, RingReader
-from tfos.core import auth
-from feed_forgery import forge, kind_of
-from tfos.core import feed_codec
+from tfos.core import auth, feed_codec
 from tfos.core import feed_messages as fm
 from tfos.core import messages as m
 from tfos.core.errors import AuthenticationError, ProtocolError

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tfos.core import messages as m
-from tfos.driver.cluster import pickle_map_fun
-from tfos.core.config import ClusterConfig
-from tfos.node.context import ClusterServer, NodeContext
 from tfos.core import launch
+from tfos.core import messages as m
+from tfos.core.config import ClusterConfig
 from tfos.core.errors import ClusterFailed, ProtocolError
 from tfos.core.runtime import python_version, tensorflow_version
+from tfos.driver.cluster import pickle_map_fun
 from tfos.executor.node_task import NodeStageSpec, NodeSupervisor, run_node
+from tfos.node.context import ClusterServer, NodeContext
 
 HOST = "127.0.0.1"
 FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=5.0, kill_grace=1.0)
@@ -318,3 +318,19 @@ def test_start_cluster_server_rejects_before_importing_tensorflow(job_name, rdma
     record = launch_record(job_name=job_name, node_id=1, cluster_spec={"worker": ["h:1"]})
     with pytest.raises(ConfigError, match=fragment):
         NodeContext(record).start_cluster_server(rdma=rdma)
+
+
+def test_the_tf_process_environment_carries_tf_settings_and_never_the_secret(
+        control_chief_worker, monkeypatch, launch_record):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")   # the executor's, not the node's
+    monkeypatch.setenv("PYSPARK_GATEWAY_SECRET", "spark's own")
+    supervisor = registered_supervisor(control_chief_worker)
+    env = supervisor.environment(launch_record(gpus=None))
+    assert "CUDA_VISIBLE_DEVICES" not in env and "PYSPARK_GATEWAY_SECRET" not in env
+    assert json.loads(env["TF_CONFIG"])["task"] == {"type": "chief", "index": 0}
+    assert env["TF_USE_LEGACY_KERAS"] == "1"
+    env = supervisor.environment(launch_record(gpus=[1, 3]))
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    secret = control_chief_worker.secret
+    assert not any(secret.hex() in v or secret.decode("latin-1") in v for v in env.values())
+    assert not any(k.startswith("TFOS_") for k in env)   # the record travels on stdin only

@@ -30,23 +30,21 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+from feed_forgery import forge, kind_of
 
 import rdma
 from rdma import framing, handshake
 from rdma.errors import AuthFailed, CommClosed
-from tfos.core import auth
-from tfos.core import feed_codec, launch
-from tfos.core import feed_messages as fm
-from feed_forgery import forge, kind_of
-from tfos.executor import process
-from tfos.executor import tensorboard
-from tfos.core import messages as m
-from tfos.node.context import NodeContext
-from tfos.core.messages import method_path
-from tfos.driver.control_service import ControlService
 from tfos import FeedError
-from tfos.node.feed_server import FeedServer
+from tfos.core import auth, feed_codec, launch
+from tfos.core import feed_messages as fm
+from tfos.core import messages as m
+from tfos.core.messages import method_path
 from tfos.core.runtime import python_version, tensorflow_version
+from tfos.driver.control_service import ControlService
+from tfos.executor import process, tensorboard
+from tfos.node.context import NodeContext
+from tfos.node.feed_server import FeedServer
 
 HOST = "127.0.0.1"
 OTHER_LOOPBACK = "127.0.0.2"   # an address of this machine the servers were not told to use
@@ -568,8 +566,8 @@ def test_control_service_listens_only_on_its_host(control_chief_worker):
 
 
 def test_control_service_binds_every_interface_only_when_asked():
-    from tfos.driver.cluster_state import ClusterState
     from tfos.core.config import ClusterConfig
+    from tfos.driver.cluster_state import ClusterState
     config = ClusterConfig(num_executors=1)
     state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()))
     with ControlService(state, SECRET, HOST, bind_all=True) as service:
@@ -579,8 +577,8 @@ def test_control_service_binds_every_interface_only_when_asked():
 
 
 def test_control_service_on_an_address_of_no_interface_fails_with_advice():
-    from tfos.driver.cluster_state import ClusterState
     from tfos.core.config import ClusterConfig
+    from tfos.driver.cluster_state import ClusterState
     state = ClusterState(ClusterConfig(num_executors=1),
                          driver_versions=(python_version(), tensorflow_version()))
     with pytest.raises(OSError, match="driver_host.*bind_all_interfaces"):

@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tfos.core.errors import ConfigError
-from tfos.core.topology import Role, cluster_spec, num_trainers, plan_roles, primary_node, tf_config
+from tfos.core.topology import (
+    Role,
+    cluster_spec,
+    num_trainers,
+    plan_roles,
+    primary_node,
+    tf_config,
+)
 
 
 def labels(roles):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from tfos.core import topology
 from tfos.core.errors import ConfigError
 
-
 DEFAULT_FEED_BUFFER_BYTES = 256 << 20
 
 

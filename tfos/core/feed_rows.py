@@ -16,7 +16,6 @@ import numpy as np
 from tfos.core.errors import FeedDataError
 
 
-
 def row_fields(row) -> list[str]:
     """Column names for rows shaped like ``row``: dict keys, Row fields, or positions."""
     if isinstance(row, dict):

@@ -16,7 +16,12 @@ from typing import Callable, TextIO
 
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig
-from tfos.core.errors import ClusterFailed, NodeFailed, ReservationTimeout, ShutdownTimeout
+from tfos.core.errors import (
+    ClusterFailed,
+    NodeFailed,
+    ReservationTimeout,
+    ShutdownTimeout,
+)
 from tfos.core.topology import Role
 
 logger = logging.getLogger(__name__)

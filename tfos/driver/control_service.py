@@ -16,9 +16,9 @@ import grpc
 
 from tfos.core import auth
 from tfos.core import messages as m
-from tfos.driver.cluster_state import ClusterState
 from tfos.core.errors import AuthenticationError, NodeFailed, ProtocolError
 from tfos.core.runtime import listen_host
+from tfos.driver.cluster_state import ClusterState
 
 logger = logging.getLogger(__name__)
 

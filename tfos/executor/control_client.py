@@ -13,7 +13,6 @@ from tfos.core import messages as m
 from tfos.core.errors import DriverUnreachable
 
 
-
 class ControlClient:
     def __init__(self, address: str, secret: bytes, timeout: float = 10.0):
         self.address = address

@@ -17,6 +17,7 @@ from typing import Callable
 from tfos.core.runtime import listen_host
 from tfos.executor import process
 
+
 @contextlib.contextmanager
 def nothing():
     yield None

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from tfos.node.feed_queue import Chunk, FeedQueue
 from tfos.core.errors import FeedUsageError
+from tfos.node.feed_queue import Chunk, FeedQueue
 
 
 class DataFeed:

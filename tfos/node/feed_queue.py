@@ -20,7 +20,6 @@ import numpy as np
 from tfos.core.errors import FeedError
 
 
-
 @dataclass
 class Chunk:
     columns: dict[str, np.ndarray]

@@ -22,9 +22,8 @@ from typing import Callable
 
 from tfos.core import feed_codec
 from tfos.core import feed_messages as fm
-from tfos.core.errors import ProtocolError
 from tfos.core.config import feed_sizes
-from tfos.core.errors import FeedError
+from tfos.core.errors import FeedError, ProtocolError
 from tfos.node.feed_queue import Chunk, FeedQueue
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,147 @@
+"""The driver's Feeder without Spark: real feed servers, a real control plane, and the feed
+tasks Spark would run, run here in-process over lists of partitions."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from tfos import FeedDataError, FeedJobFailed
+from tfos.core import messages as m
+from tfos.core.config import ClusterConfig, InputMode
+from tfos.driver.feeder import Feeder
+from tfos.executor import feed_task
+from tfos.node.data_feed import DataFeed
+from tfos.node.feed_server import FeedServer
+
+HOST = "127.0.0.1"
+
+
+class Partitions(list):
+    """A dataset of partitions (lists of rows), as the feed jobs below take it."""
+
+    is_cached = False
+
+
+class InProcessFeedJobs:
+    """Runs feed jobs like ``SparkFeedJobs``, one task per partition, in this process. A
+    failed task makes the job fail with an opaque error, as Spark's would read to Python."""
+
+    job_group = "tfos-test-feed"
+
+    def __init__(self):
+        self.cancels = 0
+        self.jobs = 0
+
+    def count(self, data) -> list[int]:
+        return [len(p) for p in data]
+
+    def run(self, data, spec, what, cancelled):
+        self.jobs += 1
+        try:
+            for index, partition in enumerate(data):
+                list(feed_task.train_rows(spec, index, iter(partition)))
+        except Exception as exc:  # noqa: BLE001 - what Spark hands back is not the task's type
+            return RuntimeError(f"Job aborted due to stage failure: {type(exc).__name__}")
+        return None
+
+    def cancel(self):
+        self.cancels += 1
+
+
+def rows(start: int, stop: int) -> list:
+    return [(np.full(3, i, np.float32), i) for i in range(start, stop)]
+
+
+class Worker:
+    """A fed node's feed endpoint and a reader recording the ids of each epoch it reads."""
+
+    def __init__(self, tmp_path, node_id: int, secret: bytes):
+        self.server = FeedServer([f"tcp://{HOST}:0", f"shm://{tmp_path}/feed-{node_id}.sock"],
+                                 secret, 8 << 20)
+        self.epochs: list[list[int]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        feed = DataFeed(self.server.queue("input"), timeout=60)
+        while True:
+            ids = []
+            while (batch := feed.next_columns(5, within_epoch=True)):
+                ids.extend(int(i) for i in batch["1"])
+            if batch is None:
+                return
+            self.epochs.append(ids)
+
+
+@pytest.fixture
+def fed_cluster(control_plane, tmp_path):
+    """Two fed workers (node 0 and 1) with their endpoints known to the driver's state, and a
+    Feeder running its jobs in-process."""
+    from rdma import peer
+    plane = control_plane(ClusterConfig(num_executors=2, input_mode=InputMode.SPARK))
+    workers = [Worker(tmp_path, i, plane.secret) for i in range(2)]
+    for node_id, worker in enumerate(workers):
+        addresses = [peer.advertise(a, HOST) for a in worker.server.addresses]
+        plane.state.service_url(m.ServiceUrl(node_id, "feed", json.dumps(addresses)))
+    jobs = InProcessFeedJobs()
+    feeder = Feeder(plane.config, plane.state, plane.secret, plane.address, jobs)
+    yield feeder, workers, jobs
+    feeder.close()
+    for worker in workers:
+        worker.server.close()
+
+
+def finish(feeder, workers):
+    feeder.end_of_data()
+    for worker in workers:
+        worker.reader.join(30)
+        assert not worker.reader.is_alive()
+
+
+def test_every_worker_gets_the_same_share_of_each_epoch_and_no_record_twice(fed_cluster):
+    feeder, workers, jobs = fed_cluster
+    data = Partitions([rows(0, 7), [], rows(7, 20), rows(20, 25)])   # 25 rows, 2 workers
+    feeder.train(data, num_epochs=2, feed_timeout=30, qname="input")
+    finish(feeder, workers)
+    assert jobs.jobs == 2
+    for epoch in range(2):
+        shares = [worker.epochs[epoch] for worker in workers]
+        assert [len(s) for s in shares] == [12, 12]
+        fed = shares[0] + shares[1]
+        assert len(set(fed)) == 24 and set(fed) <= set(range(25))   # one left out, none twice
+
+
+def test_bad_data_is_known_by_its_report_not_by_the_text_of_the_job_error(fed_cluster):
+    feeder, workers, jobs = fed_cluster
+    data = Partitions([rows(0, 10), rows(10, 13) + [(np.zeros(5, np.float32), 13)] + rows(14, 20)])
+    with pytest.raises(FeedJobFailed, match=r"FeedDataError: partition 1, row 3, column '0'"):
+        feeder.train(data, num_epochs=1, feed_timeout=30, qname="input")
+    assert jobs.cancels == 1           # the report stopped the job at once
+    assert feeder._rejected == {}      # and was used up by the epoch it was about
+    # The failed epoch was cut on every worker, so none waits for records that never come;
+    # the cluster can be fed again.
+    feeder.train(Partitions([rows(100, 104)]), num_epochs=1, feed_timeout=30, qname="input")
+    finish(feeder, workers)
+    assert all(len(worker.epochs) == 2 for worker in workers)
+    assert sorted(workers[0].epochs[1] + workers[1].epochs[1]) == [100, 101, 102, 103]
+
+
+def test_a_feed_task_reports_bad_data_to_the_driver_through_the_control_service(fed_cluster):
+    feeder, _workers, _jobs = fed_cluster
+    reports = []
+    feeder.state.on_feed_data_rejected = reports.append
+    spec = feed_task.FeedSpec("input", 4, (), feeder._secret, None,
+                              driver_address=feeder._driver_address)
+    feed_task.report_data_error(spec, 2, FeedDataError("partition 2, row 0: bad"))
+    assert reports == [m.FeedDataRejected("input", 4, 2, "partition 2, row 0: bad")]
+
+
+def test_missing_feed_endpoints_fail_with_the_nodes_named(control_plane):
+    plane = control_plane(ClusterConfig(num_executors=2, input_mode=InputMode.SPARK))
+    plane.state.service_url(m.ServiceUrl(0, "feed", json.dumps([f"tcp://{HOST}:1"])))
+    feeder = Feeder(plane.config, plane.state, plane.secret, plane.address, InProcessFeedJobs())
+    with pytest.raises(FeedJobFailed, match=r"nodes worker:1@\? did not open their feed within"):
+        feeder.train(Partitions([rows(0, 4)]), num_epochs=1, feed_timeout=0.2, qname="input")
