@@ -76,12 +76,14 @@ out=${out:-/tmp/compare-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd -P)
 
-# in_checkout SIDE COMMAND...: runs COMMAND in that checkout's directory and environment, in a
-# clean environment apart from HOME/PATH/locale (nothing of the caller's venv, PYTHONPATH,
-# SPARK_HOME or PYSPARK_* leaks in), bounded by `timeout`: on expiry the whole process group
-# (Spark's JVMs, Python workers, TF nodes) gets SIGTERM, then SIGKILL 30 s later.
+# in_checkout SIDE LOG SECONDS COMMAND...: runs COMMAND in that checkout's directory and environment, in
+# a clean environment apart from HOME/PATH/locale (nothing of the caller's venv, PYTHONPATH,
+# SPARK_HOME or PYSPARK_* leaks in), stdout+stderr to LOG, bounded by `timeout` to SECONDS: on expiry its
+# process group (Spark's JVMs, Python workers, TF nodes) gets SIGTERM, then SIGKILL 30 s later.
+# Whatever of that group outlives COMMAND gets 60 s to exit, then SIGKILL. Returns COMMAND's
+# exit status (124: timed out).
 in_checkout() {
-  local side=$1; shift
+  local side=$1 log=$2 seconds=$3 pid rc=0; shift 3
   (
     cd "${dir[$side]}"
     exec env -i HOME="${HOME:-/root}" USER="${USER:-root}" LANG="${LANG:-C.UTF-8}" TERM=dumb \
@@ -89,8 +91,16 @@ in_checkout() {
       ${JAVA_HOME:+JAVA_HOME="$JAVA_HOME"} TMPDIR="${TMPDIR:-/tmp}" \
       SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="${python[$side]}" SPARK_HOME="${home[$side]}" \
       TF_CPP_MIN_LOG_LEVEL=2 \
-      timeout -k 30 "$limit" "$@"
-  )
+      timeout -k 30 "$seconds" "$@"
+  ) >"$log" 2>&1 &
+  pid=$!  # that of `timeout`, which leads a process group of its own
+  wait "$pid" || rc=$?
+  for _ in $(seq 60); do pgrep -g "$pid" >/dev/null || break; sleep 1; done
+  if pgrep -g "$pid" >/dev/null; then
+    say "  killing what is left of the run (process group $pid)"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  return "$rc"
 }
 
 # Where does each side's tfos come from: the driver, a Spark task (executor's Python worker),
@@ -126,7 +136,7 @@ PY
 for side in prev new; do
   log=$out/which-tfos-$side.log
   say "$side: ${dir[$side]} at $(git -C "${dir[$side]}" describe --always --dirty 2>/dev/null || echo '?'): checking where tfos is imported from"
-  in_checkout "$side" "${python[$side]}" -u -c "$WHICH_TFOS" >"$log" 2>&1 \
+  in_checkout "$side" "$log" 300 "${python[$side]}" -u -c "$WHICH_TFOS" \
     || die "$side: the tfos check failed (exit $?); see $log"
   grep -E '^(driver|task|node):' "$log" | sed 's/^/    /' >&2
   [ "$(grep -cE '^(driver|task|node):' "$log")" = 3 ] || die "$side: the tfos check printed no result; see $log"
@@ -149,8 +159,8 @@ bench() {
   local log=$out/r$round-$name-$side.log start rc=0
   say "round $round/$rounds: $name, $side"
   start=$(date +%s)
-  in_checkout "$side" "${python[$side]}" "examples/benchmarks/${name}_bench.py" "$@" \
-    >"$log" 2>&1 || rc=$?
+  in_checkout "$side" "$log" "$limit" "${python[$side]}" "examples/benchmarks/${name}_bench.py" "$@" \
+    || rc=$?
   echo "# exit $rc after $(( $(date +%s) - start )) s" >>"$log"
   [ "$rc" = 0 ] || say "  $name/$side failed (exit $rc$([ "$rc" = 124 ] && echo ": timed out")); see $log"
 }
