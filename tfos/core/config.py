@@ -1,4 +1,4 @@
-"""The one frozen, validated configuration of a cluster (driver side; shipped to node tasks).
+"""The one frozen, validated configuration of a cluster (pure core; built by the driver).
 
 ``TFCluster.run`` builds a :class:`ClusterConfig` from its arguments; every value is checked
 here, once, and a bad one raises :class:`~tfos.core.errors.ConfigError` quoting it with the fix.

@@ -1,4 +1,4 @@
-"""Which rows of which partition go to which worker, epoch by epoch (pure; driver side).
+"""Which rows of which partition go to which worker, epoch by epoch (pure core; driver).
 
 Synchronous training hangs at an epoch's end when one worker runs out of data before the
 others, so every worker must get exactly the same number of records in an epoch. The plan:

@@ -1,4 +1,4 @@
-"""Spark rows and Arrow record batches turned into feed columns (executor side: feed tasks).
+"""Spark rows and Arrow record batches turned into feed columns (pure core; run by the feed tasks).
 
 An RDD's rows may be tuples, lists, dicts, ``pyspark.sql.Row``s, numpy arrays or scalars; all
 rows of a partition must have the same structure. Each field becomes one numpy column (row

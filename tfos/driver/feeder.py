@@ -1,5 +1,8 @@
 """Feeding Spark data into a running cluster: ``train`` and ``inference`` (driver side).
 
+What to feed is decided here; the Spark jobs that do the feeding are run by
+``tfos.driver.feed_jobs`` and their tasks are ``tfos.executor.feed_task``'s.
+
 ``train(data, num_epochs)``: counts the rows of every partition once, then for each epoch
 plans the split (``tfos.core.feed_plan``: the same number of records for every worker), announces
 the epoch to each worker's feed endpoint, and runs one Spark job whose tasks stream their
@@ -195,7 +198,8 @@ class Feeder:
 
     def _run_job(self, data, spec: FeedSpec, what: str) -> None:
         error = self.jobs.run(data, spec, what, self.terminated)
-        rejected = self._rejected.pop((spec.feed, spec.epoch), None)
+        with self._lock:
+            rejected = self._rejected.pop((spec.feed, spec.epoch), None)
         if error is not None and not (self.terminated.is_set() or self.state.stop_requested):
             # Bad data is the data's fault, not a sign of nodes going away: no need to wait
             # and see whether they stopped consuming.

@@ -7,8 +7,10 @@ Called by the node stage's Spark closure (``node_partition``) or, in tests, dire
 2. ``allGather`` every node's endpoint, derive this node's role, cluster spec and TF_CONFIG;
 3. register with the driver's control service (which checks versions and retries);
 4. start the TF process (``python -m tfos.node.main``) with a clean environment and TF_CONFIG,
-   and TensorBoard beside it on the primary node when asked;
-5. supervise: forward output lines, heartbeat (the reply may order a stop), relay "serving";
+   and its launch record, secret and map_fun on its stdin (``tfos.core.launch``), and
+   TensorBoard beside it on the primary node when asked;
+5. supervise: forward output lines, heartbeat (the reply may order a stop), relay the status
+   events of the TF process (serving, its feed's addresses, a terminated feed, a stall);
 6. report the exit code with the tail of the output, then stop the process group.
 """
 from __future__ import annotations
@@ -133,7 +135,6 @@ class NodeSupervisor:
     def _run_processes(self) -> int:
         read_status, write_status = os.pipe()
         with tempfile.TemporaryDirectory(prefix="tfos-node-") as scratch:
-            self._scratch = scratch
             log_dir = self._log_dir(scratch)
             record = self.launch_record(write_status, log_dir, scratch)
             try:

@@ -17,9 +17,11 @@ import sys
 
 logger = logging.getLogger(__name__)
 
+
 def guarded(command: list[str]) -> list[str]:
-    """Wraps ``command`` so it runs under the parent-death guard (see ``tfos.executor.process_guard``)."""
-    return [sys.executable, "-m", "tfos.executor.process_guard", str(os.getpid()), "--", *command]
+    """Wraps ``command`` so it runs under the parent-death guard (``tfos.executor.process_guard``)."""
+    return [sys.executable, "-m", "tfos.executor.process_guard", str(os.getpid()), "--",
+            *command]
 
 
 class ChildProcess:

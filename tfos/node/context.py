@@ -40,7 +40,7 @@ class NodeContext:
         self._feed_server = None
 
     def absolute_path(self, path: str) -> str:
-        """``path`` qualified against the default filesystem (see ``tfos.core.paths.absolute_path``)."""
+        """``path`` qualified against the default filesystem (see ``tfos.core.paths``)."""
         return paths.absolute_path(path, self.defaultFS, self.working_dir)
 
     def cluster_resolver(self):
