@@ -42,9 +42,10 @@ _LAZY = {
     "cli": ("tfos.driver.cli", None),
     "NodeContext": ("tfos.node.context", "NodeContext"),
     "TFNode": ("tfos.node.api", None),
+    "compat": ("tfos.compat", None),
 }
 
-__all__ = ["TFCluster", "InputMode", "TFNode", "ClusterConfig", "NodeContext", "cli",
+__all__ = ["TFCluster", "InputMode", "TFNode", "ClusterConfig", "NodeContext", "cli", "compat",
            "TfosError", "ConfigError", "PreflightError", "ReservationTimeout", "ClusterFailed",
            "NodeFailed", "ShutdownTimeout", "AuthenticationError", "ProtocolError",
            "FeedJobFailed", "FeedDataError", "FeedFailed", "FeedError", "FeedUsageError",

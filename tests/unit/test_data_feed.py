@@ -94,3 +94,20 @@ def test_dataset_turns_tensorflow_auto_sharding_off():
     # The feed already split the data among workers: sharding again would drop most of it.
     assert dataset.options().experimental_distribute.auto_shard_policy == \
         tf.data.experimental.AutoShardPolicy.OFF
+
+
+def test_input_mapping_of_unnamed_rows_follows_the_sorted_column_names():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 2)
+    x, y = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([5.0, 6.0])
+    q.put(Chunk({"0": x, "1": y}, 2, 0, x.nbytes + y.nbytes))   # an RDD of (features, label)
+    q.end_of_data(0)
+    # TensorFlowOnSpark's pipeline fed the columns in sorted order: "features" < "label".
+    feed = DataFeed(q, input_mapping={"label": "y_", "features": "x_"})
+    batch = feed.next_batch(2)
+    np.testing.assert_array_equal(batch["x_"], x)
+    np.testing.assert_array_equal(batch["y_"], y)
+    assert not feed.done_feeding
+    assert feed.next_batch(2) == {} and feed.done_feeding
+    with pytest.raises(FeedUsageError, match="names columns the feed does not have"):
+        DataFeed(feeding([[2]]), input_mapping={"a": "x"}).next_batch(1)

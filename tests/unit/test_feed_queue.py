@@ -112,3 +112,15 @@ def test_a_cut_epoch_ends_with_what_arrived_and_drops_stragglers():
     assert q.take(5, within_epoch=True) is None
     q.put(chunk(0, 1, 7))            # and one of an epoch long over takes no buffer
     assert q.take(5, within_epoch=True) is None
+
+
+def test_a_feed_cut_before_its_records_came_owes_the_reader_nothing():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 10)
+    assert q.unread                       # records are due: returning now would lose them
+    q.cut_epoch(0)                        # the feed job failed before any reached this node
+    assert not q.unread
+    q.announce_epoch(1, 4)
+    q.put(Chunk({"x": np.arange(3)}, 3, 1, 24))
+    q.cut_epoch(1)                        # three arrived before the cut: they are owed
+    assert q.unread

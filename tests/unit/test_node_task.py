@@ -333,4 +333,5 @@ def test_the_tf_process_environment_carries_tf_settings_and_never_the_secret(
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     secret = control_chief_worker.secret
     assert not any(secret.hex() in v or secret.decode("latin-1") in v for v in env.values())
-    assert not any(k.startswith("TFOS_") for k in env)   # the record travels on stdin only
+    # The record travels on stdin only (the old contract's variables are gone).
+    assert not {"TFOS_NODE_INFO", "TFOS_STATUS_FD", "TFOS_PARENT_PID"} & set(env)

@@ -88,6 +88,9 @@ class ClusterConfig:
     rdma: bool = False
     # Lines of each node's output kept for error reports.
     log_tail_lines: int = 40
+    # TensorFlowOnSpark's release_port: False gives each TF process its reserved TF port as a
+    # bound socket, ctx.tmp_socket, until map_fun calls ctx.release_port().
+    release_port: bool = True
     # Times a failed cluster is started again (all nodes) before the failure is raised; the
     # nodes resume from their own checkpoints (ctx.restart tells them which run they are).
     max_restarts: int = 0
@@ -111,9 +114,9 @@ class ClusterConfig:
             raise ConfigError(f"input_mode={self.input_mode!r}: use tfos.InputMode.TENSORFLOW "
                               "or tfos.InputMode.SPARK") from None
         object.__setattr__(self, "input_mode", mode)
-        if not isinstance(self.bind_all_interfaces, bool):
-            raise ConfigError(f"bind_all_interfaces={self.bind_all_interfaces!r}: pass True or "
-                              "False")
+        for name in ("bind_all_interfaces", "release_port"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: pass True or False")
         for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
                      "heartbeat_timeout", "kill_grace", "feed_stall_timeout"):
             value = getattr(self, name)

@@ -56,6 +56,11 @@ class LaunchRecord:
     working_dir: str
     log_dir: str | None = None
     restart: int = 0                 # how many times the driver restarted the cluster before
+    # The TF port the node task reserved for this node; with hold_port (TFCluster.run's
+    # release_port=False) the TF process holds it too, as ctx.tmp_socket, until
+    # ctx.release_port().
+    tf_port: int = 0
+    hold_port: bool = False
     # How it talks to its task: the task's pid (the parent-death guard checks it) and the
     # write end of the status pipe (None: no task listens, e.g. in tests).
     parent_pid: int | None = None

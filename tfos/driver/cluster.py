@@ -37,6 +37,9 @@ DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
 class TFCluster:
     """A running TF cluster; create it with :meth:`TFCluster.run`."""
 
+    # TensorFlowOnSpark's scripts name it through the class: TFCluster.InputMode.SPARK.
+    InputMode = InputMode
+
     def __init__(self, sc, config: ClusterConfig, state: ClusterState, service: ControlService):
         self.sc = sc
         self.config = config
@@ -63,7 +66,9 @@ class TFCluster:
 
         ``sc`` is a SparkContext or a (classic) SparkSession. The TensorFlowOnSpark arguments
         keep their meaning; ``driver_ps_nodes`` is not supported (parameter servers run on
-        executors) and ``queues``/``release_port`` are accepted and ignored. ``log_stream``
+        executors) and ``queues`` is accepted and ignored (feeds are created when first used);
+        ``release_port=False`` gives each TF process its reserved port as ``ctx.tmp_socket``
+        until it calls ``ctx.release_port()``. ``log_stream``
         receives every node's output lines prefixed ``[role:index@host]`` (None: keep them only
         for error reports). Further keyword ``options`` are fields of ``tfos.ClusterConfig``
         (``driver_host``, ``env``, ``legacy_keras``, ``heartbeat_timeout``, ...).
@@ -82,7 +87,8 @@ class TFCluster:
         config = ClusterConfig(num_executors=num_executors, num_ps=num_ps,
                                master_node=master_node, eval_node=eval_node,
                                input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
-                               reservation_timeout=reservation_timeout, **options)
+                               reservation_timeout=reservation_timeout,
+                               release_port=release_port, **options)
         if config.rdma:
             raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
@@ -216,26 +222,35 @@ class TFCluster:
         self._service.stop()
 
     # -- public ---------------------------------------------------------------------------
-    def train(self, data, num_epochs: int = 1, feed_timeout: float = 600.0,
+    def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600.0,
               qname: str = "input") -> None:
-        """Feeds ``data`` (an RDD or a DataFrame) to the chief and workers for ``num_epochs``.
+        """Feeds ``dataRDD`` (an RDD, a DataFrame or a Spark Streaming DStream) to the chief and
+        workers for ``num_epochs``.
 
         Every worker gets the same number of records in each epoch (see ``tfos.core.feed_plan``
         for the few left out). May be called again to feed more epochs or other data; the nodes'
         ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns when every epoch was
-        taken in, or early when the nodes stop consuming.
+        taken in, or early when the nodes stop consuming. A DStream is fed as it arrives: each
+        non-empty micro-batch for ``num_epochs`` epochs (stop it with ``shutdown(ssc)``).
+        Unlike TensorFlowOnSpark, ``num_epochs=0`` is refused rather than read as 10.
         """
-        self._spark_feeder("train").train(data, num_epochs, feed_timeout, qname)
+        feeder = self._spark_feeder("train")
+        if _is_dstream(dataRDD):
+            dataRDD.foreachRDD(lambda rdd: rdd.isEmpty() or feeder.train(
+                rdd, num_epochs, feed_timeout, qname))
+            return
+        feeder.train(dataRDD, num_epochs, feed_timeout, qname)
 
-    def inference(self, data, feed_timeout: float = 600.0, qname: str = "input",
+    def inference(self, dataRDD, feed_timeout: float = 600.0, qname: str = "input",
                   output_schema=None):
-        """Results of the nodes' ``batch_results`` for every row of ``data``, in row order.
+        """Results of the nodes' ``batch_results`` for every row of ``dataRDD``, in row order.
 
         An RDD gives an RDD of results; a DataFrame gives a DataFrame of its columns plus the
         ``output_schema`` columns (e.g. ``"prediction float"``). Lazy, like any Spark
         transformation: the rows are fed when the result is computed.
         """
-        return self._spark_feeder("inference").inference(data, feed_timeout, qname, output_schema)
+        return self._spark_feeder("inference").inference(dataRDD, feed_timeout, qname,
+                                                         output_schema)
 
     def _spark_feeder(self, what: str):
         if self._feeder is None:
@@ -269,18 +284,27 @@ class TFCluster:
                                         or self.state.failures, timeout)
             return self.state.services.get("tensorboard")
 
-    def shutdown(self, grace_secs: float = 0, timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT):
+    def shutdown(self, ssc=None, grace_secs: float = 0,
+                 timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT):
         """Waits for the nodes to finish, stops the servers, releases the executors.
 
-        Waits up to ``timeout`` seconds (None: no limit) for every chief, worker and evaluator
-        to return from ``map_fun`` (ps nodes, and any node blocked in ``server.join()``, only
-        serve and are stopped), then ``grace_secs`` more (e.g. for TensorBoard), then stops the
-        cluster. Raises ClusterFailed when a node failed, first failure first.
+        Waits up to ``timeout`` seconds (None or -1: no limit) for every chief, worker and
+        evaluator to return from ``map_fun`` (ps nodes, and any node blocked in
+        ``server.join()``, only serve and are stopped), then ``grace_secs`` more (e.g. for
+        TensorBoard), then stops the cluster. With a Spark Streaming context ``ssc`` (a DStream
+        being fed by ``train``), the stream keeps feeding until the nodes have finished, then
+        ``ssc`` is stopped gracefully (the SparkContext stays). Raises ClusterFailed when a node
+        failed, first failure first.
         """
         if self._shutdown_done:
             return
         self._shutdown_done = True
+        if timeout is not None and timeout < 0:
+            timeout = None   # TensorFlowOnSpark's "no limit"
         try:
+            if ssc is not None:
+                self.state.wait_finished(timeout)
+                ssc.stop(stopSparkContext=False, stopGraceFully=True)
             if self._feeder is not None:
                 self._feeder.end_of_data()
             self.state.wait_finished(timeout)
@@ -301,6 +325,11 @@ class TFCluster:
         else:
             self._shutdown_done = True
             self._stop_everything()
+
+
+def _is_dstream(data) -> bool:
+    from pyspark.streaming import DStream
+    return isinstance(data, DStream)
 
 
 def spark_context(sc_or_session):

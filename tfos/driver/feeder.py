@@ -120,8 +120,10 @@ class Feeder:
 
     # -- train --------------------------------------------------------------------------------
     def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> None:
-        if num_epochs < 1:
-            raise ConfigError(f"num_epochs={num_epochs}: must be at least 1")
+        if not isinstance(num_epochs, int) or num_epochs < 1:
+            raise ConfigError(f"num_epochs={num_epochs!r}: pass the number of epochs to feed, 1 "
+                              "or more (TensorFlowOnSpark read 0 as 10; tfos feeds exactly what "
+                              "is asked)")
         endpoints = self.endpoints(feed_timeout)
         arrow = is_dataframe(data)
         counts = self._partition_counts(data)

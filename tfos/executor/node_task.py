@@ -101,7 +101,8 @@ def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
             logger.error("driver refused node %s: %s", role.label, reply.reason)
             return -1
         supervisor = NodeSupervisor(spec, client, role, barrier.host,
-                                    topology.cluster_spec(spec.config.roles, endpoints))
+                                    topology.cluster_spec(spec.config.roles, endpoints),
+                                    tf_port=tf_port)
         return supervisor.run()
 
 
@@ -109,8 +110,9 @@ class NodeSupervisor:
     """Starts the TF process of one node and watches it until it ends."""
 
     def __init__(self, spec: NodeStageSpec, client: ControlClient, role: topology.Role,
-                 host: str, cluster_spec: dict[str, list[str]]):
+                 host: str, cluster_spec: dict[str, list[str]], tf_port: int = 0):
         self.spec = spec
+        self.tf_port = tf_port
         self.config = spec.config
         self.client = client
         self.role = role
@@ -190,6 +192,7 @@ class NodeSupervisor:
             task_index=self.role.task_index, num_workers=topology.num_trainers(self.config.roles),
             cluster_spec=self.cluster_spec, host=self.host, default_fs=self.spec.default_fs,
             working_dir=os.getcwd(), log_dir=log_dir, restart=self.spec.restart,
+            tf_port=self.tf_port, hold_port=not self.config.release_port,
             parent_pid=os.getpid(), status_fd=status_fd, feed=self._feed_endpoint(scratch))
 
     def environment(self, record: launch.LaunchRecord) -> dict[str, str]:

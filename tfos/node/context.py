@@ -6,10 +6,14 @@ TensorFlow-native set-up. TensorFlow is imported lazily, only by the helpers tha
 """
 from __future__ import annotations
 
+import logging
 import os
+import socket
 
 from tfos.core import launch, paths
 from tfos.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class NodeContext:
@@ -38,6 +42,34 @@ class NodeContext:
         self._status_fd = record.status_fd
         self._feed_endpoint = record.feed
         self._feed_server = None
+        # TensorFlowOnSpark's release_port=False: the TF port, held until release_port().
+        self.tmp_socket: socket.socket | None = (
+            _hold_port(record.host, record.tf_port) if record.hold_port else None)
+
+    @property
+    def mgr(self) -> "FeedManager":
+        """TensorFlowOnSpark's ``ctx.mgr``: what ``TFNode.DataFeed(ctx.mgr, ...)`` reads from."""
+        return FeedManager(self)
+
+    def release_port(self) -> None:
+        """Closes ``tmp_socket`` (TFCluster.run(release_port=False)): call it before starting a
+        server on this node's TF port. TensorFlow can bind the port even while it is held."""
+        if self.tmp_socket is None:
+            logger.warning("release_port() on %s:%d, which holds no port (TFCluster.run(..., "
+                           "release_port=False) makes one)", self.job_name, self.task_index)
+            return
+        self.tmp_socket.close()
+        self.tmp_socket = None
+
+    def export_saved_model(self, model, export_dir: str, is_chief: bool | None = None) -> None:
+        """``tfos.compat.export_saved_model`` with ``is_chief`` defaulting to this node's role:
+        the chief, or worker 0 in a cluster without one, writes ``export_dir``."""
+        from tfos.node.tf_compat import export_saved_model
+        if is_chief is None:
+            is_chief = self.job_name in ("chief", "master") or (
+                self.job_name == "worker" and self.task_index == 0
+                and not any(job in self.cluster_spec for job in ("chief", "master")))
+        export_saved_model(model, export_dir, is_chief)
 
     def absolute_path(self, path: str) -> str:
         """``path`` qualified against the default filesystem (see ``tfos.core.paths``)."""
@@ -135,3 +167,23 @@ class ClusterServer:
 
     def __getattr__(self, name):
         return getattr(self._server, name)
+
+
+class FeedManager:
+    """``ctx.mgr``: TensorFlowOnSpark's handle on a node's feeds (its ``TFManager``)."""
+
+    def __init__(self, ctx: NodeContext):
+        self._ctx = ctx
+
+    def data_feed(self, train_mode: bool = True, qname_in: str = "input",
+                  qname_out: str = "output", input_mapping: dict | None = None):
+        return self._ctx.get_data_feed(train_mode, qname_in, qname_out, input_mapping)
+
+
+def _hold_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` the way the node task holds it (SO_REUSEADDR, never
+    listening), so TensorFlow's server can still bind the port while it is held."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock

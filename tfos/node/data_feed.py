@@ -53,14 +53,31 @@ class DataFeed:
         if not columns:
             return {} if self.input_mapping else []
         if self.input_mapping:
-            return {tensor: columns[column] for column, tensor in self.input_mapping.items()}
+            return self._mapped(columns)
         values = list(columns.values())
         if len(values) == 1 and list(columns) == ["0"]:
             return list(values[0])
         return list(zip(*values))
 
+    def _mapped(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Columns renamed to tensors by ``input_mapping`` (column -> tensor). Rows without
+        names (an RDD of tuples, as TensorFlowOnSpark's pipeline fed) hold the mapped columns
+        in the sorted order of their names."""
+        mapping = self.input_mapping
+        if all(name in columns for name in mapping):
+            return {tensor: columns[name] for name, tensor in mapping.items()}
+        if len(columns) != len(mapping) or list(columns) != [str(i) for i in range(len(columns))]:
+            raise FeedUsageError(f"input_mapping {mapping} names columns the feed does not have; "
+                                 f"it has {list(columns)}")
+        return {mapping[name]: columns[str(i)] for i, name in enumerate(sorted(mapping))}
+
     def should_stop(self) -> bool:
         return self._stopped or self.queue.done
+
+    @property
+    def done_feeding(self) -> bool:
+        """TensorFlowOnSpark's flag: True once the feed is over (or terminated)."""
+        return self.should_stop()
 
     def batch_results(self, results) -> None:
         """Sends one result per row handed out by ``next_batch``, in the same order."""

@@ -53,7 +53,9 @@ class FeedQueue:
         self._waiting_since = time.monotonic()   # data waits untaken since then (see stalled_for)
         self.ever_taken = False
         self.ever_received = 0
-        self.ever_announced = False   # an epoch with records for this worker was announced
+        # Records announced for this worker that arrived or are still due (a cut epoch owes
+        # no more than it received).
+        self.announced = 0
         self._last_epoch: int | None = None   # set by end_of_data: the final epoch's number
         self._terminated = False
 
@@ -89,7 +91,8 @@ class FeedQueue:
 
     def announce_epoch(self, epoch: int, expected: int) -> None:
         with self._cond:
-            self.ever_announced = self.ever_announced or expected > 0
+            previous = self._epochs[epoch].expected or 0
+            self.announced += expected - previous
             self._epochs[epoch].expected = expected
             self._cond.notify_all()
 
@@ -101,6 +104,8 @@ class FeedQueue:
                 return
             epoch = self._epochs[number]
             epoch.cut = True
+            if epoch.expected is not None:
+                self.announced -= epoch.expected - epoch.received
             epoch.expected = epoch.received
             self._cond.notify_all()
 
@@ -132,7 +137,7 @@ class FeedQueue:
     def unread(self) -> bool:
         """Records were announced or arrived, and the consumer took none (nor terminated)."""
         with self._cond:
-            return ((self.ever_received > 0 or self.ever_announced) and not self.ever_taken
+            return ((self.ever_received > 0 or self.announced > 0) and not self.ever_taken
                     and not self._terminated)
 
     def stalled_for(self) -> tuple[float, int]:
