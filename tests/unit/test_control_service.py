@@ -3,6 +3,7 @@ and the ``ClusterState`` they feed, including the waits the driver builds on it.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -474,3 +475,37 @@ def test_a_restart_that_cannot_happen_raises_its_reason(control_plane):
     plane.state.give_up_restart(NodeFailed("cluster restart", "local", "slots never came back"))
     with pytest.raises(ClusterFailed, match="slots never came back"):
         plane.state.wait_finished(5)
+
+
+def test_a_feed_task_learns_why_a_node_is_gone_once_the_driver_knows(control_chief_worker):
+    plane = control_chief_worker
+    for node_id in (CHIEF, WORKER):
+        plane.client.register(register_msg(node_id))
+    tail = ["Traceback (most recent call last):", "RuntimeError: boom in map_fun"]
+    # The query waits for the node's fate, which arrives while it waits.
+    threading.Timer(0.3, plane.client.status, [m.NodeStatus(
+        WORKER, m.NodeState.EXITED, exit_code=1, log_tail=tail)]).start()
+    fate = plane.client.node_fate(m.NodeFateQuery(WORKER, 5.0))
+    assert fate.failure.startswith("node worker:0@127.0.0.1 on host 127.0.0.1 failed")
+    assert "RuntimeError: boom in map_fun" in fate.failure
+    # Another node's query gets the cluster's root cause; an unknown node nothing.
+    assert "boom in map_fun" in plane.client.node_fate(m.NodeFateQuery(CHIEF, 5.0)).failure
+    assert plane.client.node_fate(m.NodeFateQuery(7, 5.0)) == m.NodeFate("")
+
+
+def test_fate_queries_are_bounded_and_few_wait_at_once(control_chief_worker):
+    plane = control_chief_worker
+    plane.client.register(register_msg(WORKER))
+    started = time.monotonic()
+    assert plane.state.node_fate(m.NodeFateQuery(WORKER, 0.3)) == m.NodeFate("")
+    assert 0.25 < time.monotonic() - started < 3
+    waiters = [threading.Thread(target=plane.state.node_fate,
+                                args=(m.NodeFateQuery(WORKER, 2.0),)) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.2)  # let the three take the waiting places (a test's pause, not a poll)
+    started = time.monotonic()
+    assert plane.state.node_fate(m.NodeFateQuery(WORKER, 2.0)) == m.NodeFate("")
+    assert time.monotonic() - started < 0.5    # no place left: answered at once
+    for waiter in waiters:
+        waiter.join(5)

@@ -103,6 +103,20 @@ class FeedDataRejected:
 
 
 @dataclass(frozen=True)
+class NodeFateQuery:
+    """A feed task lost its connection to node ``node_id``: why? The driver answers once it
+    knows the node's fate, or after ``wait`` seconds."""
+    node_id: int
+    wait: float
+
+
+@dataclass(frozen=True)
+class NodeFate:
+    """Why the node is gone (its failure, its own error first), or "" when not known."""
+    failure: str = ""
+
+
+@dataclass(frozen=True)
 class Ack:
     ok: bool = True
 
@@ -127,6 +141,7 @@ METHODS = {
     "ServiceUrl": (ServiceUrl, Ack, "service_url"),
     "FeedTerminated": (FeedTerminated, Ack, "feed_terminated"),
     "FeedDataRejected": (FeedDataRejected, Ack, "feed_data_rejected"),
+    "NodeFate": (NodeFateQuery, NodeFate, "node_fate"),
 }
 
 

@@ -26,6 +26,11 @@ from tfos.core.topology import Role
 
 logger = logging.getLogger(__name__)
 
+# node_fate: the longest a query waits, and how many may wait at once (the control service
+# has 8 threads, which the heartbeats need).
+MAX_FATE_WAIT = 10.0
+MAX_FATE_WAITERS = 3
+
 
 @dataclass
 class NodeRecord:
@@ -61,6 +66,8 @@ class ClusterState:
         self.changed = threading.Condition()
         self.on_feed_terminated: Callable[[int, str], None] | None = None
         self.on_feed_data_rejected: Callable[[m.FeedDataRejected], None] | None = None
+        # At most this many node_fate queries wait at once (each holds a service thread).
+        self._fate_waits = threading.BoundedSemaphore(MAX_FATE_WAITERS)
         # Restarts (config.max_restarts): a failure with restarts left only sets `restarting`;
         # the driver stops the nodes and calls begin_restart(). Waits see no failure meanwhile.
         self.restarts_left = config.max_restarts
@@ -198,6 +205,25 @@ class ClusterState:
         if callback is not None:
             callback(msg)
         return m.Ack()
+
+    def node_fate(self, msg: m.NodeFateQuery) -> m.NodeFate:
+        """Why node ``msg.node_id`` is gone: waits (bounded) until it has exited or the cluster
+        failed. Few queries wait at once, so they never hold up the heartbeats."""
+        node = self.nodes.get(msg.node_id)
+        if node is None:
+            return m.NodeFate()
+        waiting = self._fate_waits.acquire(blocking=False)
+        wait = min(max(msg.wait, 0.0), MAX_FATE_WAIT) if waiting else 0.0
+        try:
+            with self.changed:
+                self.changed.wait_for(
+                    lambda: self.failures or node.state == m.NodeState.EXITED, wait)
+                own = [f for f in self.failures if f.node == node.label]
+                failure = (own or self.failures or [None])[0]
+        finally:
+            if waiting:
+                self._fate_waits.release()
+        return m.NodeFate(str(failure) if failure is not None else "")
 
     # -- driver-side events -------------------------------------------------------------
     def fail(self, failure: NodeFailed) -> None:

@@ -87,7 +87,7 @@ class Feeder:
                 missing = [state.nodes[i].label for i in ids if i not in state.feed_uris]
                 raise FeedJobFailed(f"nodes {', '.join(missing)} did not open their feed within "
                                     f"{timeout:.0f}s; check their output above")
-            return tuple(NodeEndpoint(state.nodes[i].label, tuple(state.feed_uris[i]))
+            return tuple(NodeEndpoint(state.nodes[i].label, tuple(state.feed_uris[i]), i)
                          for i in ids)
 
     def _marker_conn(self, node_id: int, endpoint: NodeEndpoint) -> rdma_comm.Comm:

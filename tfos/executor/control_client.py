@@ -58,6 +58,9 @@ class ControlClient:
     def feed_data_rejected(self, msg: m.FeedDataRejected) -> m.Ack:
         return self.call("FeedDataRejected", msg)
 
+    def node_fate(self, msg: m.NodeFateQuery) -> m.NodeFate:
+        return self.call("NodeFate", msg)
+
     def close(self) -> None:
         self._channel.close()
 

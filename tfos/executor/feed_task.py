@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 class NodeEndpoint:
     label: str                 # "worker:1@host", for messages
     uris: tuple[str, ...]      # as rdma.peer.advertise wrote them (shm:// and tcp://)
+    node_id: int | None = None   # for asking the driver why the node is gone
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class _Connection:
 
     def __init__(self, spec: FeedSpec, worker: int, mode: fm.FeedMode, partition: int):
         self.endpoint = spec.workers[worker]
+        self._spec = spec
+        self._mode = mode
         sizes = spec.sizes
         try:
             uri = peer.choose(self.endpoint.uris)
@@ -80,7 +83,7 @@ class _Connection:
                                           max_message=sizes.max_message,
                                           **peer.buffer_options(uri, reply_bytes))
         except rdma_comm.CommError as exc:
-            raise FeedFailed(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
+            raise self.lost(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
         self.comm.send(feed_codec.encode(fm.FeederHello(
             spec.feed, spec.epoch, mode, None if mode == fm.FeedMode.INFERENCE else partition)))
         self.sent = 0
@@ -99,7 +102,7 @@ class _Connection:
         try:
             self.comm.send(feed_codec.encode(fm.Batch(rows, first_row), columns))
         except rdma_comm.CommError as exc:
-            raise FeedFailed(self._why(f"stopped taking data ({exc})")) from None
+            raise self.lost(self._why(f"stopped taking data ({exc})")) from None
         self.sent += rows
 
     def finish(self) -> None:
@@ -115,6 +118,16 @@ class _Connection:
 
     def _why(self, what: str) -> str:
         return f"node {self.endpoint.label} {what}"
+
+    def lost(self, symptom: str) -> FeedFailed:
+        """The error for a connection to the node that broke. In inference, which fails in the
+        user's own Spark action, the driver is asked why the node is gone, so the error
+        carries the node's own failure first, not this connection's symptom."""
+        if self._mode == fm.FeedMode.INFERENCE:
+            failure = node_fate(self._spec, self.endpoint)
+            if failure:
+                return FeedFailed(f"{failure}\n(the feed task then found: {symptom})")
+        return FeedFailed(symptom)
 
 
 class _ChunkSizer:
@@ -301,7 +314,7 @@ def _read_results(conn: _Connection, results: queue.Queue) -> None:
             if isinstance(answer, fm.Results):
                 results.put({k: v.copy() for k, v in columns.items()})
     except rdma_comm.CommError as exc:
-        results.put(FeedFailed(f"node {conn.endpoint.label} closed the inference feed: {exc}"))
+        results.put(conn.lost(f"node {conn.endpoint.label} closed the inference feed: {exc}"))
 
 
 # -- what the feed jobs run (tfos.driver.feed_jobs) ---------------------------------------------
@@ -317,6 +330,19 @@ def report_data_error(spec: FeedSpec, partition: int, error: FeedDataError) -> N
             client.feed_data_rejected(message)
     except DriverUnreachable as exc:
         logger.warning("could not tell the driver about the bad data: %s", exc)
+
+
+def node_fate(spec: FeedSpec, endpoint: NodeEndpoint, wait: float = 8.0) -> str:
+    """Why the driver says the node at ``endpoint`` is gone ("" when it does not know)."""
+    if spec.driver_address is None or endpoint.node_id is None:
+        return ""
+    from tfos.executor.control_client import ControlClient
+    try:
+        with ControlClient(spec.driver_address, spec.secret, timeout=wait + 5) as client:
+            return client.node_fate(m.NodeFateQuery(endpoint.node_id, wait)).failure
+    except DriverUnreachable as exc:
+        logger.warning("could not ask the driver about node %s: %s", endpoint.label, exc)
+        return ""
 
 
 def _train(spec: FeedSpec, partition: int, rows: Iterable) -> int:

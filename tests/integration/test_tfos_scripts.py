@@ -2,6 +2,7 @@
 import json
 import os
 
+import tfos
 from tfos import TFCluster, TFNode
 
 
@@ -59,3 +60,26 @@ def test_a_dstream_is_fed_until_the_nodes_finish_then_shutdown_stops_it(spark_lo
     received = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
     assert [len(ids) for ids in received] == [60, 60]
     assert sorted(received[0] + received[1]) == list(range(120))
+
+
+def failing_inference_fun(args, ctx):
+    """Answers one batch, then fails with an error of its own."""
+    tf_feed = TFNode.DataFeed(ctx.mgr, False)
+    batch = tf_feed.next_batch(10)
+    tf_feed.batch_results([x * x for x in batch])
+    raise RuntimeError(f"model blew up on {ctx.job_name}:{ctx.task_index} (code 4711)")
+
+
+def test_a_node_failing_during_lazy_inference_is_the_error_of_the_users_action(
+        spark_local_cluster_4x1):
+    import pytest
+    sc = spark_local_cluster_4x1.sparkContext
+    cluster = TFCluster.run(sc, failing_inference_fun, None, 2, 0, False,
+                            TFCluster.InputMode.SPARK, log_stream=None)
+    with pytest.raises(Exception) as raised:   # whatever Spark wraps it in
+        cluster.inference(sc.parallelize(range(1000), 10)).collect()
+    message = str(raised.value)
+    assert "model blew up on worker:" in message and "(code 4711)" in message
+    assert "RuntimeError" in message
+    with pytest.raises(tfos.ClusterFailed, match="code 4711"):
+        cluster.shutdown(timeout=60)
