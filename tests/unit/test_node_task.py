@@ -43,11 +43,13 @@ class GatherGroup:
 class ThreadBarrier:
     """A ``tfos.executor.node_task.Barrier`` for node tasks run as threads of this process."""
 
-    def __init__(self, group: GatherGroup, node_id: int, attempt: int = 0, host: str = HOST):
+    def __init__(self, group: GatherGroup, node_id: int, attempt: int = 0, host: str = HOST,
+                 gpus: list[str] | None = None):
         self.group = group
         self.node_id = node_id
         self.attempt = attempt
         self.host = host
+        self.gpus = gpus
 
     def all_gather(self, message: str) -> list[str]:
         self.group.messages[self.node_id] = message
@@ -329,7 +331,7 @@ def test_the_tf_process_environment_carries_tf_settings_and_never_the_secret(
     assert "CUDA_VISIBLE_DEVICES" not in env and "PYSPARK_GATEWAY_SECRET" not in env
     assert json.loads(env["TF_CONFIG"])["task"] == {"type": "chief", "index": 0}
     assert env["TF_USE_LEGACY_KERAS"] == "1"
-    env = supervisor.environment(launch_record(gpus=[1, 3]))
+    env = supervisor.environment(launch_record(gpus=["1", "3"]))
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     secret = control_chief_worker.secret
     assert not any(secret.hex() in v or secret.decode("latin-1") in v for v in env.values())

@@ -88,6 +88,11 @@ class ClusterConfig:
     rdma: bool = False
     # Lines of each node's output kept for error reports.
     log_tail_lines: int = 40
+    # GPUs each node needs from those Spark's resource scheduling gives its task (None: all it
+    # was given, and CUDA_VISIBLE_DEVICES untouched when Spark schedules no GPUs).
+    num_gpus: int | None = None
+    # Roles kept off GPUs (CUDA_VISIBLE_DEVICES empty): parameter servers only hold variables.
+    cpu_roles: tuple[str, ...] = ("ps",)
     # TensorFlowOnSpark's release_port: False gives each TF process its reserved TF port as a
     # bound socket, ctx.tmp_socket, until map_fun calls ctx.release_port().
     release_port: bool = True
@@ -122,6 +127,16 @@ class ClusterConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name}={value!r}: pass a positive number of seconds")
+        if self.num_gpus is not None and (not isinstance(self.num_gpus, int)
+                                          or isinstance(self.num_gpus, bool) or self.num_gpus < 0):
+            raise ConfigError(f"num_gpus={self.num_gpus!r}: pass a non-negative int, or None "
+                              "for every GPU Spark gives the node's task")
+        object.__setattr__(self, "cpu_roles", tuple(self.cpu_roles))
+        unknown = set(self.cpu_roles) - {topology.PS, topology.WORKER, topology.EVALUATOR,
+                                         *topology.MASTER_NODES}
+        if unknown:
+            raise ConfigError(f"cpu_roles={self.cpu_roles!r}: {sorted(unknown)} are no roles; "
+                              "use ps, chief, master, worker or evaluator")
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ConfigError(f"heartbeat_timeout={self.heartbeat_timeout} must exceed twice "
                               f"heartbeat_interval={self.heartbeat_interval}")

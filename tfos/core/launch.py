@@ -67,16 +67,16 @@ class LaunchRecord:
     status_fd: int | None = None
     # Its feed (None: not fed), its devices, its transport.
     feed: FeedEndpoint | None = None
-    # GPU ids this node may use, set as CUDA_VISIBLE_DEVICES; None leaves the variable unset,
-    # so TensorFlow sees every device of the host.
-    gpus: list[int] | None = None
+    # GPU addresses this node may use (tfos.core.devices), set as CUDA_VISIBLE_DEVICES; an
+    # empty list hides every GPU; None leaves the variable unset (every device of the host).
+    gpus: list[str] | None = None
     transport: str = "grpc"
 
     def __post_init__(self):
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport={self.transport!r}: use one of {TRANSPORTS}")
-        if self.gpus is not None and any(g < 0 for g in self.gpus):
-            raise ValueError(f"gpus={self.gpus!r}: device ids are 0 or more")
+        if self.gpus is not None and any(not g or "," in g for g in self.gpus):
+            raise ValueError(f"gpus={self.gpus!r}: device addresses are names without commas")
 
 
 def encode(record: LaunchRecord, secret: bytes, payload: bytes) -> bytes:

@@ -84,6 +84,8 @@ class TFCluster:
         if unknown or "roles" in options:
             raise ConfigError(f"unknown TFCluster.run options {sorted(unknown or {'roles'})}; "
                               f"valid ones: {sorted(set(ClusterConfig.__dataclass_fields__) - {'roles'})}")
+        if "num_gpus" not in options and _tf_args_gpus(tf_args) is not None:
+            options["num_gpus"] = _tf_args_gpus(tf_args)   # TensorFlowOnSpark's tf_args.num_gpus
         config = ClusterConfig(num_executors=num_executors, num_ps=num_ps,
                                master_node=master_node, eval_node=eval_node,
                                input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
@@ -325,6 +327,13 @@ class TFCluster:
         else:
             self._shutdown_done = True
             self._stop_everything()
+
+
+def _tf_args_gpus(tf_args) -> int | None:
+    """``tf_args.num_gpus`` (argparse) or ``tf_args["num_gpus"]`` (a dict), when an int."""
+    value = tf_args.get("num_gpus") if isinstance(tf_args, dict) else \
+        getattr(tf_args, "num_gpus", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _is_dstream(data) -> bool:

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from tfos.core import launch, topology
+from tfos.core import devices, launch, topology
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig, InputMode
-from tfos.core.errors import DriverUnreachable, ProtocolError
+from tfos.core.errors import ConfigError, DriverUnreachable, ProtocolError
 from tfos.core.runtime import python_version, tensorflow_version
 from tfos.executor import process
 from tfos.executor.control_client import ControlClient
@@ -64,6 +64,7 @@ class Barrier(Protocol):
     node_id: int
     attempt: int
     host: str
+    gpus: list[str] | None   # the task's GPU addresses from Spark (None: it schedules none)
 
     def all_gather(self, message: str) -> list[str]: ...
 
@@ -77,6 +78,8 @@ class SparkBarrier:
         self.node_id = self._ctx.partitionId()
         self.attempt = self._ctx.attemptNumber()
         self.host = self._ctx.getTaskInfos()[self.node_id].address.rsplit(":", 1)[0]
+        gpu = self._ctx.resources().get("gpu")
+        self.gpus = list(gpu.addresses) if gpu is not None else None
 
     def all_gather(self, message: str) -> list[str]:
         return self._ctx.allGather(message)
@@ -100,9 +103,16 @@ def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
         if not reply.accepted:
             logger.error("driver refused node %s: %s", role.label, reply.reason)
             return -1
+        try:
+            gpus = devices.node_gpus(role, barrier.gpus, spec.config.num_gpus,
+                                     spec.config.cpu_roles)
+        except ConfigError as exc:   # the node cannot start: the cluster fails, saying why
+            client.status(m.NodeStatus(role.node_id, m.NodeState.EXITED, exit_code=1,
+                                       reason=str(exc)))
+            return -1
         supervisor = NodeSupervisor(spec, client, role, barrier.host,
                                     topology.cluster_spec(spec.config.roles, endpoints),
-                                    tf_port=tf_port)
+                                    tf_port=tf_port, gpus=gpus)
         return supervisor.run()
 
 
@@ -110,9 +120,11 @@ class NodeSupervisor:
     """Starts the TF process of one node and watches it until it ends."""
 
     def __init__(self, spec: NodeStageSpec, client: ControlClient, role: topology.Role,
-                 host: str, cluster_spec: dict[str, list[str]], tf_port: int = 0):
+                 host: str, cluster_spec: dict[str, list[str]], tf_port: int = 0,
+                 gpus: list[str] | None = None):
         self.spec = spec
         self.tf_port = tf_port
+        self.gpus = gpus
         self.config = spec.config
         self.client = client
         self.role = role
@@ -192,7 +204,7 @@ class NodeSupervisor:
             task_index=self.role.task_index, num_workers=topology.num_trainers(self.config.roles),
             cluster_spec=self.cluster_spec, host=self.host, default_fs=self.spec.default_fs,
             working_dir=os.getcwd(), log_dir=log_dir, restart=self.spec.restart,
-            tf_port=self.tf_port, hold_port=not self.config.release_port,
+            tf_port=self.tf_port, hold_port=not self.config.release_port, gpus=self.gpus,
             parent_pid=os.getpid(), status_fd=status_fd, feed=self._feed_endpoint(scratch))
 
     def environment(self, record: launch.LaunchRecord) -> dict[str, str]:

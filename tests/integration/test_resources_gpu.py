@@ -1,0 +1,53 @@
+"""GPUs through Spark's resource scheduling, on a local-cluster whose workers discover fake
+GPUs (tests/integration/data/fake_gpus.sh: one per worker, numbered 0, 1, 2)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import tfos
+
+DISCOVERY = Path(__file__).resolve().parent / "data" / "fake_gpus.sh"
+
+
+@pytest.fixture(scope="module")
+def spark_3_workers_1_fake_gpu_each(spark_sessions, tmp_path_factory):
+    # The workers claim their fake GPUs here when the application starts (they run in the
+    # driver's JVM in local-cluster mode, so they see this variable).
+    os.environ["TFOS_FAKE_GPU_DIR"] = str(tmp_path_factory.mktemp("gpu-claims"))
+    yield spark_sessions.get("local-cluster[3,1,1024]", **{
+        "spark.worker.resource.gpu.amount": "1",
+        "spark.worker.resource.gpu.discoveryScript": str(DISCOVERY),
+        "spark.executor.resource.gpu.amount": "1",
+        "spark.task.resource.gpu.amount": "1"})
+    spark_sessions.stop()   # the next test's application has no GPUs
+    del os.environ["TFOS_FAKE_GPU_DIR"]
+
+
+def report_devices(args, ctx):
+    with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
+        json.dump({"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+
+
+def test_each_node_sees_only_the_gpu_spark_gave_it_and_ps_none(spark_3_workers_1_fake_gpu_each,
+                                                                tmp_path):
+    cluster = tfos.TFCluster.run(spark_3_workers_1_fake_gpu_each, report_devices,
+                                 {"out": str(tmp_path)}, num_executors=3, num_ps=1,
+                                 log_stream=None)
+    cluster.shutdown(timeout=120)
+    seen = {p.stem: json.loads(p.read_text())["cuda"] for p in tmp_path.glob("*.json")}
+    assert seen["ps-0"] == ""                                   # kept off GPUs
+    workers = sorted(seen[name] for name in ("worker-0", "worker-1"))
+    assert len(set(workers)) == 2 and set(workers) <= {"0", "1", "2"}   # distinct, Spark's
+
+
+def test_a_node_needing_more_gpus_than_spark_gave_fails_with_the_settings(
+        spark_3_workers_1_fake_gpu_each, tmp_path):
+    with pytest.raises(tfos.ClusterFailed, match=r"needs num_gpus=2 but Spark gave its task 1 "
+                                                 r"\(\d\): set spark.executor.resource.gpu"):
+        cluster = tfos.TFCluster.run(spark_3_workers_1_fake_gpu_each, report_devices,
+                                     {"out": str(tmp_path), "num_gpus": 2}, num_executors=2,
+                                     log_stream=None)
+        cluster.shutdown(timeout=120)
+    assert not list(tmp_path.glob("*.json"))     # no TF process started
