@@ -2,6 +2,7 @@
 GPUs (tests/integration/data/fake_gpus.sh: one per worker, numbered 0, 1, 2)."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,27 @@ def test_a_node_needing_more_gpus_than_spark_gave_fails_with_the_settings(
                                      log_stream=None)
         cluster.shutdown(timeout=120)
     assert not list(tmp_path.glob("*.json"))     # no TF process started
+
+
+def count_gpus(args, ctx):
+    import tensorflow as tf
+    with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
+        json.dump({"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "gpus": len(tf.config.list_physical_devices("GPU"))}, f)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no NVIDIA GPU on this host")
+def test_tensorflow_in_each_node_sees_exactly_its_real_gpu(spark_sessions, tmp_path):
+    spark = spark_sessions.get("local-cluster[1,1,4096]", **{
+        "spark.worker.resource.gpu.amount": "1",
+        "spark.worker.resource.gpu.discoveryScript": str(DISCOVERY.parent / "nvidia_gpus.sh"),
+        "spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"})
+    try:
+        cluster = tfos.TFCluster.run(spark, count_gpus, {"out": str(tmp_path)}, num_executors=1,
+                                     log_stream=None)
+        cluster.shutdown(timeout=300)
+    finally:
+        spark_sessions.stop()
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert record["gpus"] == 1 and record["cuda"] is not None
