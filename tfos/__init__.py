@@ -43,9 +43,11 @@ _LAZY = {
     "NodeContext": ("tfos.node.context", "NodeContext"),
     "TFNode": ("tfos.node.api", None),
     "compat": ("tfos.compat", None),
+    "TFParallel": ("tfos.driver.parallel", None),
 }
 
-__all__ = ["TFCluster", "InputMode", "TFNode", "ClusterConfig", "NodeContext", "cli", "compat",
+__all__ = ["TFCluster", "InputMode", "TFNode", "TFParallel", "ClusterConfig", "NodeContext",
+           "cli", "compat",
            "TfosError", "ConfigError", "PreflightError", "ReservationTimeout", "ClusterFailed",
            "NodeFailed", "ShutdownTimeout", "AuthenticationError", "ProtocolError",
            "FeedJobFailed", "FeedDataError", "FeedFailed", "FeedError", "FeedUsageError",

@@ -34,6 +34,9 @@ from tfos.core.topology import Role
     ({"num_executors": 2, "max_restarts": -1}, "max_restarts=-1"),
     ({"num_executors": 2, "feed_stall_timeout": 0}, "feed_stall_timeout=0"),
     ({"num_executors": 2, "max_restarts": 1, "input_mode": 1}, "max_restarts=1 with InputMode.SPARK"),
+    ({"num_executors": 2, "release_port": 0}, "release_port=0"),
+    ({"num_executors": 2, "barrier": False}, "barrier=False: the nodes of a TF cluster"),
+    ({"num_executors": 2, "independent": True, "input_mode": 1}, "read their own data"),
 ])
 def test_a_bad_value_raises_config_error_quoting_it(kwargs, quoted):
     with pytest.raises(ConfigError) as info:

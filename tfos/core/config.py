@@ -93,6 +93,12 @@ class ClusterConfig:
     num_gpus: int | None = None
     # Roles kept off GPUs (CUDA_VISIBLE_DEVICES empty): parameter servers only hold variables.
     cpu_roles: tuple[str, ...] = ("ps",)
+    # TFParallel: every node is a single-node TF instance of its own (no TF_CONFIG, no
+    # rendezvous between them), e.g. for batch inference over files.
+    independent: bool = False
+    # Gang-schedule the nodes as one Spark barrier stage (all start together, or none).
+    # Independent nodes may run without (more of them than slots run in waves).
+    barrier: bool = True
     # TensorFlowOnSpark's release_port: False gives each TF process its reserved TF port as a
     # bound socket, ctx.tmp_socket, until map_fun calls ctx.release_port().
     release_port: bool = True
@@ -119,7 +125,7 @@ class ClusterConfig:
             raise ConfigError(f"input_mode={self.input_mode!r}: use tfos.InputMode.TENSORFLOW "
                               "or tfos.InputMode.SPARK") from None
         object.__setattr__(self, "input_mode", mode)
-        for name in ("bind_all_interfaces", "release_port"):
+        for name in ("bind_all_interfaces", "release_port", "independent", "barrier"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: pass True or False")
         for name in ("reservation_timeout", "slot_wait_timeout", "heartbeat_interval",
@@ -145,6 +151,12 @@ class ClusterConfig:
                               "cluster cannot resume a feed mid-epoch. Restart from the driver "
                               "instead (a new TFCluster.run, then train() the remaining epochs), "
                               "or use InputMode.TENSORFLOW")
+        if not self.barrier and not self.independent:
+            raise ConfigError("barrier=False: the nodes of a TF cluster must start together; only "
+                              "independent instances (tfos.TFParallel) may run without a barrier")
+        if self.independent and mode == InputMode.SPARK:
+            raise ConfigError("independent TF instances (tfos.TFParallel) read their own data: "
+                              "use InputMode.TENSORFLOW, or a TFCluster to feed Spark data")
         if self.num_ps >= self.num_executors:
             raise ConfigError(f"num_ps={self.num_ps} must be less than num_executors="
                               f"{self.num_executors}: every cluster needs a node that trains")

@@ -96,7 +96,7 @@ class TFCluster:
         payload = pickle_map_fun(map_fun, tf_args)
         # InputMode.SPARK: feed tasks need slots beside the nodes' own.
         feed_slots = 1 if config.input_mode == InputMode.SPARK else 0
-        preflight.check(sc, config, slots_needed=config.num_nodes + feed_slots)
+        preflight.check(sc, config, slots_needed=_slots_needed(config) + feed_slots)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
         state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
@@ -124,6 +124,8 @@ class TFCluster:
         self._job_thread = threading.Thread(target=self._run_node_job, args=(spec,),
                                             name=f"tfos-nodes-{self.cluster_id}", daemon=True)
         self._job_thread.start()
+        if not self.config.barrier:
+            return   # its nodes start as slots free up: shutdown() waits for them to finish
         self.state.wait_registered(self.config.reservation_timeout)
         logger.info("TF cluster %s is up: %s", self.cluster_id,
                     ", ".join(n.label for n in self.state.nodes.values()))
@@ -150,7 +152,7 @@ class TFCluster:
             logger.warning("restart %d of the TF cluster after: %s", self._spec.restart, failure)
             state.begin_restart()
             # A lost executor may still be coming back: wait for the slots like the first run.
-            preflight.check(self.sc, self.config, slots_needed=self.config.num_nodes)
+            preflight.check(self.sc, self.config, slots_needed=_slots_needed(self.config))
             self._launch(self._spec)
         except TfosError as exc:
             state.give_up_restart(NodeFailed(
@@ -164,7 +166,9 @@ class TFCluster:
             self.sc.setJobGroup(self.job_group, f"tfos cluster {self.cluster_id}: "
                                 f"{self.config.num_nodes} TF nodes", interruptOnCancel=True)
             rdd = self.sc.parallelize(range(self.config.num_nodes), self.config.num_nodes)
-            rdd.barrier().mapPartitions(functools.partial(node_partition, spec)).collect()
+            if self.config.barrier:
+                rdd = rdd.barrier()
+            rdd.mapPartitions(functools.partial(node_partition, spec)).collect()
         except Exception as exc:  # any Spark/py4j failure of the node job
             if not self.state.stop_requested:
                 failure = self._node_job_failure(spark_errors.summarize(exc))
@@ -327,6 +331,11 @@ class TFCluster:
         else:
             self._shutdown_done = True
             self._stop_everything()
+
+
+def _slots_needed(config: ClusterConfig) -> int:
+    """Task slots the nodes need at once: all of them in a barrier stage, else one."""
+    return config.num_nodes if config.barrier else 1
 
 
 def _tf_args_gpus(tf_args) -> int | None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,18 +86,39 @@ class SparkBarrier:
         return self._ctx.allGather(message)
 
 
+class SparkTask:
+    """The ``Barrier`` of a plain Spark task (independent nodes without a barrier stage): no
+    peers to gather, and the executor's own name for its host."""
+
+    def __init__(self):
+        from pyspark import TaskContext
+        ctx = TaskContext.get()
+        self.node_id = ctx.partitionId()
+        self.attempt = ctx.attemptNumber()
+        self.host = os.environ.get("SPARK_LOCAL_IP") or socket.gethostname()
+        gpu = ctx.resources().get("gpu")
+        self.gpus = list(gpu.addresses) if gpu is not None else None
+
+    def all_gather(self, message: str) -> list[str]:
+        return [message]
+
+
 def node_partition(spec: NodeStageSpec, _rows):
     """The node stage's ``mapPartitions`` function: runs one node, yields its exit code."""
-    yield run_node(spec, SparkBarrier())
+    yield run_node(spec, SparkBarrier() if spec.config.barrier else SparkTask())
 
 
 def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
     """Runs this task's node to the end; returns the TF process's exit code (-1: not started)."""
     with ControlClient(spec.driver_address, spec.secret) as client, \
             process.reserved_port(barrier.host) as tf_port:
-        gathered = barrier.all_gather(json.dumps([barrier.node_id, f"{barrier.host}:{tf_port}"]))
-        endpoints = [endpoint for _, endpoint in sorted(json.loads(g) for g in gathered)]
         role = spec.config.roles[barrier.node_id]
+        cluster_spec = {}
+        if not spec.config.independent:   # a TF cluster: every node's endpoint, by node id
+            gathered = barrier.all_gather(json.dumps([barrier.node_id,
+                                                      f"{barrier.host}:{tf_port}"]))
+            endpoints = [endpoint for _, endpoint in sorted(json.loads(g) for g in gathered)]
+            cluster_spec = topology.cluster_spec(spec.config.roles, endpoints)
         reply = client.register(m.Register(
             node_id=barrier.node_id, attempt=barrier.attempt, host=barrier.host, tf_port=tf_port,
             pid=os.getpid(), python_version=python_version(), tf_version=tensorflow_version()))
@@ -110,8 +132,7 @@ def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
             client.status(m.NodeStatus(role.node_id, m.NodeState.EXITED, exit_code=1,
                                        reason=str(exc)))
             return -1
-        supervisor = NodeSupervisor(spec, client, role, barrier.host,
-                                    topology.cluster_spec(spec.config.roles, endpoints),
+        supervisor = NodeSupervisor(spec, client, role, barrier.host, cluster_spec,
                                     tf_port=tf_port, gpus=gpus)
         return supervisor.run()
 
@@ -215,7 +236,8 @@ class NodeSupervisor:
         # The Spark worker's sys.path holds pyspark, py4j and --py-files: the node needs them.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env["PYTHONUNBUFFERED"] = "1"
-        env["TF_CONFIG"] = topology.tf_config(self.cluster_spec, self.role)
+        if not self.config.independent:   # a single-node instance has no cluster to join
+            env["TF_CONFIG"] = topology.tf_config(self.cluster_spec, self.role)
         if record.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in record.gpus)
         if self.config.legacy_keras:
