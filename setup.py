@@ -21,6 +21,8 @@ setup(
         "grpcio>=1.60",
         "cloudpickle",
         "psutil",
+        "google-crc32c",  # TFRecord framing (tfos.core.tfrecord), in Python workers without TF
+        "protobuf",       # tf.train.Example (tfos.core.tfrecord)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis", "scikit-learn"],

@@ -32,6 +32,7 @@ from tfos.core.errors import (
     ReservationTimeout,
     ShutdownTimeout,
     TfosError,
+    TFRecordError,
 )
 
 __version__ = "0.1.0"
@@ -44,14 +45,15 @@ _LAZY = {
     "TFNode": ("tfos.node.api", None),
     "compat": ("tfos.compat", None),
     "TFParallel": ("tfos.driver.parallel", None),
+    "dfutil": ("tfos.ml.dfutil", None),
 }
 
 __all__ = ["TFCluster", "InputMode", "TFNode", "TFParallel", "ClusterConfig", "NodeContext",
-           "cli", "compat",
+           "cli", "compat", "dfutil",
            "TfosError", "ConfigError", "PreflightError", "ReservationTimeout", "ClusterFailed",
            "NodeFailed", "ShutdownTimeout", "AuthenticationError", "ProtocolError",
            "FeedJobFailed", "FeedDataError", "FeedFailed", "FeedError", "FeedUsageError",
-           "DriverUnreachable"]
+           "DriverUnreachable", "TFRecordError"]
 
 
 def __getattr__(name: str):

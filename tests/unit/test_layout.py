@@ -30,7 +30,8 @@ LAYERS = {
     "tfos.executor": 2,
     "tfos.node": 2,
     "tfos.driver": 3,
-    "tfos": 4,           # the public face: tfos/__init__.py (and TFoS's public module names)
+    "tfos.ml": 4,        # Spark ML and data formats: driver and the tasks of its jobs
+    "tfos": 5,           # the public face: tfos/__init__.py (and TFoS's public module names)
 }
 # Third-party packages a layer must never import.
 FORBIDDEN = {
@@ -38,6 +39,7 @@ FORBIDDEN = {
     "tfos.core": {"pyspark", "grpc", "tensorflow"},
     "tfos.executor": {"tensorflow"},
     "tfos.node": {"pyspark", "grpc"},
+    "tfos.ml": {"tensorflow"},
 }
 
 

@@ -80,3 +80,7 @@ class FeedError(TfosError):
 
 class FeedJobFailed(TfosError):
     """A Spark feed job of ``train()`` failed for a reason other than the cluster stopping."""
+
+
+class TFRecordError(TfosError):
+    """A TFRecord file is corrupt or truncated (the message names the file and byte offset)."""
