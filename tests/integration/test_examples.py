@@ -1,4 +1,5 @@
-"""The mnist example pair end to end: data setup, plain TF, and on Spark (MWMS and PSS)."""
+"""The mnist examples end to end: data setup, plain TF, on Spark (MWMS and PSS), inference on a
+cluster and by independent instances (TFParallel)."""
 import os
 import re
 import subprocess
@@ -50,4 +51,10 @@ def test_fed_by_spark_then_inference_on_the_saved_model(mnist_data, tmp_path):
     output = run(MNIST / "mnist_inference.py", "--data_dir", mnist_data, "--model_dir", model_dir,
                  "--output", tmp_path / "predictions", timeout=400)
     found = re.findall(r"inference accuracy: ([0-9.]+)", output)
+    assert len(found) == 1 and float(found[0]) > 0.9, output[-4000:]
+    # The same model over the test files, by independent instances (TFParallel).
+    output = run(MNIST / "mnist_parallel.py", "--data_dir", mnist_data, "--model_dir", model_dir,
+                 "--output", tmp_path / "parallel", "--cluster_size", 2, timeout=400)
+    assert len(re.findall(r"mnist: instance [01] scored \d+ rows", output)) == 2, output[-4000:]
+    found = re.findall(r"parallel inference accuracy: ([0-9.]+)", output)
     assert len(found) == 1 and float(found[0]) > 0.9, output[-4000:]
