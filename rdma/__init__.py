@@ -6,24 +6,9 @@ whole messages both ways (rdma.comm); ``rdma.peer`` picks the scheme for a peer 
 can do RDMA.
 """
 from rdma import peer
-from rdma.comm import (
-                         Backend,
-                         Comm,
-                         CommOptions,
-                         Listener,
-                         connect,
-                         listen,
-                         register_backend,
-)
-from rdma.errors import (
-                         AuthFailed,
-                         CommClosed,
-                         CommError,
-                         CommTimeout,
-                         ConnectFailed,
-                         FrameError,
-                         TransportUnavailable,
-)
+from rdma.comm import Backend, Comm, CommOptions, Listener, connect, listen, register_backend
+from rdma.errors import (AuthFailed, CommClosed, CommError, CommTimeout, ConnectFailed,
+                         FrameError, TransportUnavailable)
 
 __all__ = ["peer", "Comm", "Listener", "Backend", "CommOptions", "listen", "connect",
            "register_backend", "CommError", "CommClosed", "CommTimeout", "AuthFailed",
