@@ -33,6 +33,7 @@ class SparkSessions:
     def __init__(self):
         self.session = None
         self.key = None
+        self.settings: dict = {}
 
     def get(self, master: str, **conf):
         key = (master, tuple(sorted(conf.items())))
@@ -42,14 +43,24 @@ class SparkSessions:
 
             from tfos.driver.preflight import BARRIER_FAIL_FAST
             builder = SparkSession.builder.master(master).appName("tfos-tests")
-            for k, v in {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **conf}.items():
+            # The driver's address is named every time, as the test hosts' sessions name theirs.
+            loopback = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+            settings = {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **loopback, **conf}
+            for k, v in settings.items():
                 builder = builder.config(k, v)
             self.session, self.key = builder.getOrCreate(), key
+            self.settings = settings
         return self.session
 
     def stop(self):
         if self.session is not None:
+            jvm = self.session.sparkContext._jvm
             self.session.stop()
+            # PySpark leaves a builder's options as system properties of the JVM, which
+            # outlives the session: the next session would inherit them (a test host's
+            # address, GPU discovery for every worker).
+            for k in self.settings:
+                jvm.System.clearProperty(k)
             self.session = self.key = None
 
 

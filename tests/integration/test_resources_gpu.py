@@ -1,5 +1,5 @@
 """GPUs through Spark's resource scheduling, on a local-cluster whose workers discover fake
-GPUs (tests/integration/data/fake_gpus.sh: one per worker, numbered 0, 1, 2)."""
+GPUs (tests/integration/data/fake_gpus.sh, a template: one per worker, numbered 0, 1, 2)."""
 import json
 import os
 import shutil
@@ -14,16 +14,20 @@ DISCOVERY = Path(__file__).resolve().parent / "data" / "fake_gpus.sh"
 
 @pytest.fixture(scope="module")
 def spark_3_workers_1_fake_gpu_each(spark_sessions, tmp_path_factory):
-    # The workers claim their fake GPUs here when the application starts (they run in the
-    # driver's JVM in local-cluster mode, so they see this variable).
-    os.environ["TFOS_FAKE_GPU_DIR"] = str(tmp_path_factory.mktemp("gpu-claims"))
+    """Workers that discover one fake GPU each, numbered 0, 1, 2: the discovery script claims
+    the first free number with mkdir (the workers run in the driver's JVM, which may predate
+    this test, so the claims directory is written into the script, not passed in the
+    environment)."""
+    folder = tmp_path_factory.mktemp("fake-gpus")
+    script = folder / "discover.sh"
+    script.write_text(DISCOVERY.read_text().replace('${TFOS_FAKE_GPU_DIR:?}', str(folder)))
+    script.chmod(0o755)
     yield spark_sessions.get("local-cluster[3,1,1024]", **{
         "spark.worker.resource.gpu.amount": "1",
-        "spark.worker.resource.gpu.discoveryScript": str(DISCOVERY),
+        "spark.worker.resource.gpu.discoveryScript": str(script),
         "spark.executor.resource.gpu.amount": "1",
         "spark.task.resource.gpu.amount": "1"})
     spark_sessions.stop()   # the next test's application has no GPUs
-    del os.environ["TFOS_FAKE_GPU_DIR"]
 
 
 def report_devices(args, ctx):
