@@ -45,11 +45,12 @@ _LAZY = {
     "TFNode": ("tfos.node.api", None),
     "compat": ("tfos.compat", None),
     "TFParallel": ("tfos.driver.parallel", None),
-    "dfutil": ("tfos.ml.dfutil", None),
+    "dfutil": ("tfos.dfutil", None),
+    "pipeline": ("tfos.pipeline", None),
 }
 
 __all__ = ["TFCluster", "InputMode", "TFNode", "TFParallel", "ClusterConfig", "NodeContext",
-           "cli", "compat", "dfutil",
+           "cli", "compat", "dfutil", "pipeline",
            "TfosError", "ConfigError", "PreflightError", "ReservationTimeout", "ClusterFailed",
            "NodeFailed", "ShutdownTimeout", "AuthenticationError", "ProtocolError",
            "FeedJobFailed", "FeedDataError", "FeedFailed", "FeedError", "FeedUsageError",

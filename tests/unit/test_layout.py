@@ -39,7 +39,6 @@ FORBIDDEN = {
     "tfos.core": {"pyspark", "grpc", "tensorflow"},
     "tfos.executor": {"tensorflow"},
     "tfos.node": {"pyspark", "grpc"},
-    "tfos.ml": {"tensorflow"},
 }
 
 
@@ -141,6 +140,11 @@ def test_no_layer_imports_what_its_process_must_not_load():
             if name.split(".")[0] in banned:
                 found.append(f"{module} imports {name}")
     assert found == []
+
+
+def test_tfrecords_need_no_tensorflow_in_the_tasks():
+    for module in ("tfos.ml.dfutil", "tfos.core.tfrecord"):
+        assert not [i for i in imports(module) if i.split(".")[0] == "tensorflow"], module
 
 
 def test_the_layering_check_catches_an_upward_import():

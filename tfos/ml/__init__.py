@@ -1,8 +1,9 @@
 """Spark ML and data formats: runs on the driver and, through its Spark jobs, in executor tasks.
 
-``dfutil``: TFRecord files <-> DataFrames (TensorFlowOnSpark's ``tfos.dfutil``). The Spark ML
-pipeline (``TFEstimator``/``TFModel``) joins here.
+``dfutil``: TFRecord files <-> DataFrames (TensorFlowOnSpark's ``tfos.dfutil``), with no
+TensorFlow in the tasks. ``pipeline``: Spark ML stages (``TFModel`` scores with a SavedModel in
+the Python workers, so it loads TensorFlow there, lazily).
 
 May import: ``tfos.driver`` (to run clusters), ``tfos.executor``, ``tfos.core``, pyspark,
-pyarrow. Never ``tfos.node``, nor TensorFlow in what runs in executor tasks.
+pyarrow, TensorFlow (``pipeline`` only, inside functions). Never ``tfos.node``.
 """
