@@ -9,6 +9,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 from importlib import metadata
 
@@ -45,3 +46,17 @@ def listen_host(host: str, all_interfaces: bool = False) -> str:
     if not all_interfaces:
         return host
     return "::" if ":" in host else "0.0.0.0"
+
+
+def hold_port(host: str, port: int = 0) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port) with SO_REUSEADDR that never listens:
+    it keeps everybody else off the port, while a server that also sets SO_REUSEADDR
+    (TensorFlow's gRPC server, TensorBoard) can still bind it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -11,9 +11,10 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
+
+from tfos.core.runtime import hold_port
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,5 @@ def reserved_port(host: str):
     SO_REUSEADDR (TensorFlow's gRPC server, TensorBoard) can bind the same port while we hold
     it, and nobody else can take it in between.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
+    with hold_port(host) as sock:
         yield sock.getsockname()[1]
-    finally:
-        sock.close()

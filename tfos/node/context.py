@@ -12,6 +12,7 @@ import socket
 
 from tfos.core import launch, paths
 from tfos.core.errors import ConfigError
+from tfos.core.runtime import hold_port
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class NodeContext:
         self._feed_server = None
         # TensorFlowOnSpark's release_port=False: the TF port, held until release_port().
         self.tmp_socket: socket.socket | None = (
-            _hold_port(record.host, record.tf_port) if record.hold_port else None)
+            hold_port(record.host, record.tf_port) if record.hold_port else None)
 
     @property
     def mgr(self) -> "FeedManager":
@@ -179,11 +180,3 @@ class FeedManager:
                   qname_out: str = "output", input_mapping: dict | None = None):
         return self._ctx.get_data_feed(train_mode, qname_in, qname_out, input_mapping)
 
-
-def _hold_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` the way the node task holds it (SO_REUSEADDR, never
-    listening), so TensorFlow's server can still bind the port while it is held."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
