@@ -337,3 +337,11 @@ def test_the_tf_process_environment_carries_tf_settings_and_never_the_secret(
     assert not any(secret.hex() in v or secret.decode("latin-1") in v for v in env.values())
     # The record travels on stdin only (the old contract's variables are gone).
     assert not {"TFOS_NODE_INFO", "TFOS_STATUS_FD", "TFOS_PARENT_PID"} & set(env)
+
+
+def test_the_launch_record_says_whether_the_node_is_the_primary_one(control_chief_worker):
+    plane = control_chief_worker
+    chief = registered_supervisor(plane)                   # chief:0, node 0
+    assert chief.launch_record(3, None, "/tmp").primary
+    worker = NodeSupervisor(chief.spec, plane.client, plane.config.roles[1], HOST, {})
+    assert not worker.launch_record(3, None, "/tmp").primary

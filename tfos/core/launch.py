@@ -56,6 +56,9 @@ class LaunchRecord:
     working_dir: str
     log_dir: str | None = None
     restart: int = 0                 # how many times the driver restarted the cluster before
+    # The node that writes the model and the summaries: the chief, else worker 0
+    # (tfos.core.topology.primary_node).
+    primary: bool = False
     # The TF port the node task reserved for this node; with hold_port (TFCluster.run's
     # release_port=False) the TF process holds it too, as ctx.tmp_socket, until
     # ctx.release_port().

@@ -225,6 +225,7 @@ class NodeSupervisor:
             task_index=self.role.task_index, num_workers=topology.num_trainers(self.config.roles),
             cluster_spec=self.cluster_spec, host=self.host, default_fs=self.spec.default_fs,
             working_dir=os.getcwd(), log_dir=log_dir, restart=self.spec.restart,
+            primary=self._is_primary,
             tf_port=self.tf_port, hold_port=not self.config.release_port, gpus=self.gpus,
             parent_pid=os.getpid(), status_fd=status_fd, feed=self._feed_endpoint(scratch))
 
@@ -263,8 +264,12 @@ class NodeSupervisor:
         return None
 
     @property
+    def _is_primary(self) -> bool:
+        return topology.primary_node(self.config.roles) == self.role
+
+    @property
     def _runs_tensorboard(self) -> bool:
-        return self.config.tensorboard and topology.primary_node(self.config.roles) == self.role
+        return self.config.tensorboard and self._is_primary
 
     def _tensorboard(self, log_dir: str | None):
         from tfos.executor import tensorboard

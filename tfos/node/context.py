@@ -40,6 +40,7 @@ class NodeContext:
         self.host: str = record.host
         self.log_dir: str | None = record.log_dir
         self.restart: int = record.restart
+        self._primary = record.primary
         self._status_fd = record.status_fd
         self._feed_endpoint = record.feed
         self._feed_server = None
@@ -66,11 +67,7 @@ class NodeContext:
         """``tfos.compat.export_saved_model`` with ``is_chief`` defaulting to this node's role:
         the chief, or worker 0 in a cluster without one, writes ``export_dir``."""
         from tfos.node.tf_compat import export_saved_model
-        if is_chief is None:
-            is_chief = self.job_name in ("chief", "master") or (
-                self.job_name == "worker" and self.task_index == 0
-                and not any(job in self.cluster_spec for job in ("chief", "master")))
-        export_saved_model(model, export_dir, is_chief)
+        export_saved_model(model, export_dir, self._primary if is_chief is None else is_chief)
 
     def absolute_path(self, path: str) -> str:
         """``path`` qualified against the default filesystem (see ``tfos.core.paths``)."""
