@@ -79,8 +79,7 @@ class SparkBarrier:
         self.node_id = self._ctx.partitionId()
         self.attempt = self._ctx.attemptNumber()
         self.host = self._ctx.getTaskInfos()[self.node_id].address.rsplit(":", 1)[0]
-        gpu = self._ctx.resources().get("gpu")
-        self.gpus = list(gpu.addresses) if gpu is not None else None
+        self.gpus = _gpu_addresses(self._ctx)
 
     def all_gather(self, message: str) -> list[str]:
         return self._ctx.allGather(message)
@@ -96,11 +95,16 @@ class SparkTask:
         self.node_id = ctx.partitionId()
         self.attempt = ctx.attemptNumber()
         self.host = os.environ.get("SPARK_LOCAL_IP") or socket.gethostname()
-        gpu = ctx.resources().get("gpu")
-        self.gpus = list(gpu.addresses) if gpu is not None else None
+        self.gpus = _gpu_addresses(ctx)
 
     def all_gather(self, message: str) -> list[str]:
         return [message]
+
+
+def _gpu_addresses(task_context) -> list[str] | None:
+    """The GPUs Spark's resource scheduling gave this task (None: it schedules none)."""
+    gpu = task_context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else None
 
 
 def node_partition(spec: NodeStageSpec, _rows):
