@@ -321,28 +321,31 @@ def _read_results(conn: _Connection, results: queue.Queue) -> None:
 def report_data_error(spec: FeedSpec, partition: int, error: FeedDataError) -> None:
     """Tells the driver that this partition holds data that cannot be fed (best effort: the
     task fails with the error anyway)."""
-    if spec.driver_address is None:
-        return
-    from tfos.executor.control_client import ControlClient
-    message = m.FeedDataRejected(spec.feed, spec.epoch, partition, str(error))
-    try:
-        with ControlClient(spec.driver_address, spec.secret) as client:
-            client.feed_data_rejected(message)
-    except DriverUnreachable as exc:
-        logger.warning("could not tell the driver about the bad data: %s", exc)
+    _ask_driver(spec, "feed_data_rejected",
+                m.FeedDataRejected(spec.feed, spec.epoch, partition, str(error)))
 
 
 def node_fate(spec: FeedSpec, endpoint: NodeEndpoint, wait: float = 8.0) -> str:
     """Why the driver says the node at ``endpoint`` is gone ("" when it does not know)."""
-    if spec.driver_address is None or endpoint.node_id is None:
+    if endpoint.node_id is None:
         return ""
+    fate = _ask_driver(spec, "node_fate", m.NodeFateQuery(endpoint.node_id, wait),
+                       timeout=wait + 5)
+    return fate.failure if fate is not None else ""
+
+
+def _ask_driver(spec: FeedSpec, method: str, message, timeout: float = 10.0):
+    """One call of the driver's control service (None: no driver named, or unreachable; the
+    feed task goes on to fail with its own error)."""
+    if spec.driver_address is None:
+        return None
     from tfos.executor.control_client import ControlClient
     try:
-        with ControlClient(spec.driver_address, spec.secret, timeout=wait + 5) as client:
-            return client.node_fate(m.NodeFateQuery(endpoint.node_id, wait)).failure
+        with ControlClient(spec.driver_address, spec.secret, timeout=timeout) as client:
+            return getattr(client, method)(message)
     except DriverUnreachable as exc:
-        logger.warning("could not ask the driver about node %s: %s", endpoint.label, exc)
-        return ""
+        logger.warning("could not reach the driver (%s): %s", type(message).__name__, exc)
+        return None
 
 
 def _train(spec: FeedSpec, partition: int, rows: Iterable) -> int:
