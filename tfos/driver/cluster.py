@@ -84,8 +84,8 @@ class TFCluster:
         if unknown or "roles" in options:
             raise ConfigError(f"unknown TFCluster.run options {sorted(unknown or {'roles'})}; "
                               f"valid ones: {sorted(set(ClusterConfig.__dataclass_fields__) - {'roles'})}")
-        if "num_gpus" not in options and _tf_args_gpus(tf_args) is not None:
-            options["num_gpus"] = _tf_args_gpus(tf_args)   # TensorFlowOnSpark's tf_args.num_gpus
+        if "num_gpus" not in options:   # TensorFlowOnSpark's tf_args.num_gpus
+            options["num_gpus"] = _tf_args_gpus(tf_args)
         config = ClusterConfig(num_executors=num_executors, num_ps=num_ps,
                                master_node=master_node, eval_node=eval_node,
                                input_mode=input_mode, tensorboard=tensorboard, log_dir=log_dir,
