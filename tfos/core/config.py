@@ -167,7 +167,3 @@ class ClusterConfig:
     @property
     def num_nodes(self) -> int:
         return len(self.roles)
-
-    @property
-    def feed_sizes(self) -> FeedSizes:
-        return feed_sizes(self.feed_buffer_bytes)
