@@ -113,14 +113,13 @@ class TFModel(Model, HasBatchSize, HasInputMapping, HasOutputMapping, HasExportD
             raise ConfigError(f"TFModel input_mapping feeds {sorted(inputs.values())} but the "
                               f"signature {self.getSignatureDefKey()!r} takes "
                               f"{sorted(specs.inputs)}")
-        out_fields = [StructField(column, _spark_type(specs.outputs, tensor), True)
-                      for tensor, column in sorted(outputs.items(), key=lambda kv: kv[1])]
-        schema = StructType(list(dataset.schema.fields) + out_fields)
+        columns = sorted((column, tensor) for tensor, column in outputs.items())
+        schema = StructType(list(dataset.schema.fields) + [
+            StructField(column, _spark_type(specs.outputs, tensor), True)
+            for column, tensor in columns])
         score = functools.partial(
             _score, self.getExportDir(), self.getTagSet(), self.getSignatureDefKey(),
-            dict(inputs), [(f.name, t) for (t, _), f in
-                           zip(sorted(outputs.items(), key=lambda kv: kv[1]), out_fields)],
-            self.getBatchSize(), schema.json())
+            dict(inputs), columns, self.getBatchSize(), schema.json())
         return dataset.mapInArrow(score, schema)
 
 
