@@ -27,15 +27,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rdma import framing
-from rdma.errors import (
-    AuthFailed,
-    CommClosed,
-    CommError,
-    CommTimeout,
-    ConnectFailed,
-    FrameError,
-    TransportUnavailable,
-)
+from rdma.errors import (AuthFailed, CommClosed, CommError, CommTimeout, ConnectFailed,
+                         FrameError, TransportUnavailable)
 from rdma.handshake import check_secret
 
 __all__ = ["Comm", "Listener", "Backend", "CommOptions", "listen", "connect",

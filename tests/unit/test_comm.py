@@ -23,18 +23,12 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_comm_peer import pattern
 
 import rdma
 from rdma import devices, framing
-from rdma.errors import (
-    AuthFailed,
-    CommClosed,
-    CommTimeout,
-    ConnectFailed,
-    FrameError,
-    TransportUnavailable,
-)
+from test_comm_peer import pattern
+from rdma.errors import (AuthFailed, CommClosed, CommTimeout, ConnectFailed, FrameError,
+                         TransportUnavailable)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_comm_peer.py")
