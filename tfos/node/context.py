@@ -12,7 +12,7 @@ import socket
 
 from tfos.core import launch, paths
 from tfos.core.errors import ConfigError
-from tfos.core.runtime import hold_port
+from tfos.core.runtime import hold_port, listen_host
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ class NodeContext:
         if endpoint is None:
             return
         from rdma import peer
-        from tfos.core.runtime import listen_host
         from tfos.node.feed_server import FeedServer
         uris = peer.listen_uris(listen_host(endpoint.host, endpoint.bind_all),
                                 endpoint.socket_path)
