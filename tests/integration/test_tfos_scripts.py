@@ -86,10 +86,13 @@ def test_a_node_failing_during_lazy_inference_is_the_error_of_the_users_action(
 
 
 def instance_fun(args, ctx):
-    """One independent instance: writes who it is and whether it was given a cluster."""
+    """One independent instance: writes who it is and whether it was given a cluster, and
+    returns its number and pid (a numpy integer, sent as a plain one)."""
+    import numpy as np
     with open(os.path.join(args["out"], f"instance-{ctx.worker_num}.json"), "w") as f:
         json.dump({"num_workers": ctx.num_workers, "cluster_spec": ctx.cluster_spec,
                    "tf_config": os.environ.get("TF_CONFIG"), "pid": os.getpid()}, f)
+    return {"worker_num": ctx.worker_num, "pid": np.int64(os.getpid())}
 
 
 def test_tfparallel_runs_independent_instances_with_and_without_a_barrier(
@@ -100,14 +103,19 @@ def test_tfparallel_runs_independent_instances_with_and_without_a_barrier(
     sc = spark_local_cluster_4x1.sparkContext
     (tmp_path / "barrier").mkdir()
     (tmp_path / "waves").mkdir()
-    TFParallel.run(sc, instance_fun, {"out": str(tmp_path / "barrier")}, 3)
-    TFParallel.run(sc, instance_fun, {"out": str(tmp_path / "waves")}, 6, use_barrier=False)
+    returned = {
+        "barrier": TFParallel.run(sc, instance_fun, {"out": str(tmp_path / "barrier")}, 3),
+        "waves": TFParallel.run(sc, instance_fun, {"out": str(tmp_path / "waves")}, 6,
+                                use_barrier=False)}
     for name, count in (("barrier", 3), ("waves", 6)):
         records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / name).glob("*.json")}
         assert sorted(records) == [f"instance-{i}" for i in range(count)]
         assert all(r["num_workers"] == count and r["cluster_spec"] == {}
                    and r["tf_config"] is None for r in records.values())
         assert len({r["pid"] for r in records.values()}) == count
+        # What each instance returned, in worker_num order.
+        assert returned[name] == [{"worker_num": i, "pid": records[f"instance-{i}"]["pid"]}
+                                  for i in range(count)]
     # More instances than the 4 task slots cannot start together.
     with pytest.raises(tfos.PreflightError, match="needs 5 task slots"):
         TFParallel.run(sc, instance_fun, {"out": str(tmp_path)}, 5)

@@ -181,6 +181,49 @@ def test_legacy_keras_can_be_turned_off(control_plane, tmp_path):
     assert json.loads((tmp_path / "worker0.json").read_text())["legacy_keras"] is None
 
 
+class FakeHistory:
+    """What tf.keras's ``History`` callback looks like to tfos: ``history`` and the hooks."""
+
+    def __init__(self, history):
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+def returning_map_fun(args, ctx):
+    """Returns what ``args`` names for this node: numpy values, a History, or an object."""
+    import numpy as np
+    value = args[ctx.worker_num]
+    if value == "numpy":
+        return {"n": np.int64(ctx.worker_num), "xs": np.arange(3, dtype=np.float32)}
+    if value == "history":
+        return FakeHistory({"loss": [np.float32(0.5), 0.25]})
+    if value == "object":
+        return object()
+    if value == "huge":
+        return "x" * launch.MAX_RESULT_BYTES
+    return value
+
+
+def test_what_map_fun_returns_reaches_the_driver_as_json(control_plane):
+    plane = control_plane(ClusterConfig(num_executors=5, **FAST))
+    args = ["numpy", "history", "object", "huge", None]
+    assert run_nodes(plane, returning_map_fun, args) == [0] * 5
+    plane.state.wait_finished(timeout=5)
+    results = {n.role.label: n.result for n in plane.state.nodes.values()}
+    assert json.loads(results["worker:0"]) == {"n": 0, "xs": [0.0, 1.0, 2.0]}
+    assert json.loads(results["worker:1"]) == {"loss": [0.5, 0.25]}
+    # What cannot travel is said on the node's output, and the node still succeeds.
+    assert results["worker:2"] is None and results["worker:3"] is None
+    assert results["worker:4"] is None
+    log = plane.log.getvalue()
+    assert "[worker:2@127.0.0.1] tfos: map_fun's return value does not reach the driver: " \
+        "'object' values cannot be sent as JSON; return JSON-like values" in log
+    assert f"{launch.MAX_RESULT_BYTES + 2} bytes as JSON, over the" in log
+    assert not plane.state.failures
+
+
 def test_a_raising_map_fun_exits_1_and_reports_its_traceback(control_plane):
     plane = control_plane(ClusterConfig(num_executors=1, **FAST))
 

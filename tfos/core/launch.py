@@ -14,7 +14,7 @@ it came from the driver inside Spark's closure and from the task over a private 
 from the network.
 
 The TF process reports back on its status pipe (``status_fd``), one versioned JSON event per
-line: ``Serving``, ``FeedOpened``, ``FeedStopped``, ``Stalled``.
+line: ``Serving``, ``FeedOpened``, ``FeedStopped``, ``Stalled``, ``Returned``.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ VERSION = 1
 TRANSPORTS = ("grpc",)
 _LEN = struct.Struct("<I")
 MAX_EVENT_BYTES = 1 << 16
+MAX_RESULT_BYTES = MAX_EVENT_BYTES - 1024   # map_fun's return value, as JSON (Returned)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,13 @@ class Stalled:
     reason: str
 
 
-EVENTS = (Serving, FeedOpened, FeedStopped, Stalled)
+@dataclass(frozen=True)
+class Returned:
+    """map_fun returned ``value`` (JSON text; see ``tfos.node.main.result_json``)."""
+    value: str
+
+
+EVENTS = (Serving, FeedOpened, FeedStopped, Stalled, Returned)
 
 
 def encode_event(event) -> bytes:

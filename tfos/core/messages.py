@@ -67,14 +67,16 @@ class LogLines:
 
 @dataclass(frozen=True)
 class NodeStatus:
-    """A node's state change; EXITED carries the exit code (negative: killed by that signal)
-    and ``stopped`` when the driver had ordered the stop (not a failure of the node)."""
+    """A node's state change; EXITED carries the exit code (negative: killed by that signal),
+    ``stopped`` when the driver had ordered the stop (not a failure of the node), and
+    ``result``, map_fun's return value as JSON text, when it returned one."""
     node_id: int
     state: NodeState
     exit_code: typing.Optional[int] = None
     reason: str = ""
     stopped: bool = False
     log_tail: list[str] = dataclasses.field(default_factory=list)
+    result: typing.Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import secrets
@@ -274,6 +275,14 @@ class TFCluster:
                  "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
                  "pid": n.pid, "state": n.state.value if n.state else None}
                 for n in self.state.nodes.values()]
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """What ``map_fun`` returned on each node that returned a value, by node (``"chief:0"``,
+        ``"worker:1"``): JSON-like values as they arrived, a Keras ``History`` as its
+        ``history`` dict (a node prints why a value could not be sent)."""
+        return {n.role.label: json.loads(n.result) for n in self.state.nodes.values()
+                if n.result is not None}
 
     @property
     def restarts(self) -> list[tuple]:

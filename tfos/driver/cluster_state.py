@@ -40,6 +40,7 @@ class NodeRecord:
     pid: int = 0
     state: m.NodeState | None = None
     exit_code: int | None = None
+    result: str | None = None    # map_fun's return value, as JSON text
     last_seen: float = 0.0
     tail: collections.deque = field(default_factory=collections.deque)
 
@@ -170,6 +171,7 @@ class ClusterState:
             node.state = msg.state
             if msg.state == m.NodeState.EXITED:
                 node.exit_code = msg.exit_code
+                node.result = msg.result
                 # A reason without an order to stop: the node task stopped it (a stall).
                 if (msg.exit_code != 0 or msg.reason) and not msg.stopped:
                     self._fail(NodeFailed(node.label, node.host,

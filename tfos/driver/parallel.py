@@ -16,11 +16,14 @@ from tfos.driver.cluster import TFCluster
 
 
 def run(sc, map_fn: Callable[[Any, Any], Any], tf_args: Any, num_executors: int,
-        use_barrier: bool = True, **options) -> None:
+        use_barrier: bool = True, **options) -> list:
     """Runs ``map_fn(tf_args, ctx)`` as ``num_executors`` independent TF instances; returns
-    when all have returned. Keyword ``options`` are ``TFCluster.run``'s (``log_stream``,
-    ``num_gpus``, ``env``, ...)."""
+    when all have returned, with what each returned (by ``ctx.worker_num``; None where it
+    returned nothing; see ``TFCluster.results``). Keyword ``options`` are ``TFCluster.run``'s
+    (``log_stream``, ``num_gpus``, ``env``, ...)."""
     timeout = options.pop("timeout", None)
     cluster = TFCluster.run(sc, map_fn, tf_args, num_executors, independent=True,
                             barrier=use_barrier, **options)
     cluster.shutdown(timeout=timeout)
+    results = cluster.results
+    return [results.get(role.label) for role in cluster.config.roles]

@@ -47,6 +47,8 @@ _LOG_BATCH_LINES = 256
 # the control plane's message limit, so neither a batch nor the exit report's tail is refused.
 MAX_LINE_CHARS = 8192
 _LOG_BATCH_CHARS = m.MAX_MESSAGE_BYTES // 4
+# How long the verdict waits for the status pipe to end once the TF process has exited.
+STATUS_DRAIN_SECS = 5.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class NodeSupervisor:
         self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(maxsize=10_000)
         self.dropped_lines = 0
         self.failure_reason = ""   # set when the supervisor stops a stalled TF process
+        self.result: str | None = None   # map_fun's return value, as JSON text
 
     def run(self) -> int:
         forwarder = self._thread(self._forward_output)
@@ -190,7 +193,7 @@ class NodeSupervisor:
     def _supervise(self, child: process.ChildProcess, read_status: int,
                    record: launch.LaunchRecord) -> int:
         pump = self._thread(self._pump_output, child.popen.stdout)
-        self._thread(self._read_status, read_status, child)
+        status = self._thread(self._read_status, read_status, child)
         heartbeat = self._thread(self._heartbeat, child)
         try:
             child.popen.stdin.write(launch.encode(record, self.spec.secret, self.spec.payload))
@@ -202,11 +205,13 @@ class NodeSupervisor:
         exit_code = child.popen.wait()
         pump.join()           # the output is read to its end,
         self._flush_output()  # and has reached the driver before the verdict does.
+        # The status pipe ends with the process (bounded: a child of its own may hold it).
+        status.join(STATUS_DRAIN_SECS)
         self.state = m.NodeState.EXITED
         stopped = self.stop_ordered.is_set() and not self.failure_reason
         reason = "stopped by the driver" if stopped else self.failure_reason
         self._report_exit(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
-                                       reason, stopped, list(self.tail)))
+                                       reason, stopped, list(self.tail), self.result))
         if self._runs_tensorboard:
             # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
             self.stop_ordered.wait()
@@ -340,6 +345,7 @@ class NodeSupervisor:
                                                          m.FeedTerminated(self.role.node_id,
                                                                           event.feed)),
             launch.Stalled: lambda event: self._stalled(event.reason, child),
+            launch.Returned: lambda event: setattr(self, "result", event.value),
         }
         with os.fdopen(fd, "rb") as pipe:
             for line in pipe:

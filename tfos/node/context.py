@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 from tfos.core import launch, paths
 from tfos.core.errors import ConfigError
@@ -42,6 +43,7 @@ class NodeContext:
         self.restart: int = record.restart
         self._primary = record.primary
         self._status_fd = record.status_fd
+        self._notify_lock = threading.Lock()
         self._feed_endpoint = record.feed
         self._feed_server = None
         # TensorFlowOnSpark's release_port=False: the TF port, held until release_port().
@@ -142,10 +144,19 @@ class NodeContext:
                         on_terminate=lambda: self._notify(launch.FeedStopped(qname_in)),
                         timeout=timeout)
 
+    def report_result(self, value_json: str) -> None:
+        """Sends map_fun's return value (JSON text) to the driver, by way of the node task."""
+        self._notify(launch.Returned(value_json))
+
     def _notify(self, event) -> None:
-        """Tells the node task (see ``tfos.core.launch``: one line, written at once)."""
-        if self._status_fd is not None:
-            os.write(self._status_fd, launch.encode_event(event))
+        """Tells the node task (see ``tfos.core.launch``): one line, whole, one event at a time
+        (a line may be longer than the pipe's atomic write)."""
+        if self._status_fd is None:
+            return
+        data = memoryview(launch.encode_event(event))
+        with self._notify_lock:
+            while data:
+                data = data[os.write(self._status_fd, data):]
 
     def _notify_serving(self) -> None:
         self._notify(launch.Serving())

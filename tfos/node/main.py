@@ -6,7 +6,10 @@ launch record, the cluster's secret and the pickled ``(map_fun, tf_args)``. This
 its parent-death guard, builds the ``ctx``, opens its feed endpoint when it is fed, and runs
 ``map_fun(tf_args, ctx)``. Its exit code is the node's verdict: 0 when ``map_fun`` returned, 1
 when it raised (with the traceback on stderr, which the node task forwards to the driver).
+What ``map_fun`` returns travels to the driver as JSON (``TFCluster.results``), a Keras
+``History`` as its ``history`` dict.
 """
+import json
 import pickle
 import sys
 import traceback
@@ -31,7 +34,7 @@ def main() -> int:
     # Pickled by the Spark driver and handed over by our own parent (see tfos.core.launch).
     map_fun, tf_args = pickle.loads(payload)
     try:
-        map_fun(tf_args, ctx)
+        value = map_fun(tf_args, ctx)
     except SystemExit as exc:
         if exc.code not in (None, 0):
             traceback.print_exc()
@@ -43,7 +46,41 @@ def main() -> int:
     if unread:
         print(f"tfos: {unread}", file=sys.stderr)
         return 1
+    if value is not None:
+        text, problem = result_json(value)
+        if problem:
+            print(f"tfos: map_fun's return value does not reach the driver: {problem}",
+                  file=sys.stderr)
+        else:
+            ctx.report_result(text)
     return 0
+
+
+def result_json(value) -> tuple[str | None, str]:
+    """``(json_text, "")`` for a return value the driver can receive, else ``(None, why)``.
+
+    A Keras ``History`` becomes its ``history`` dict (metric -> per-epoch values); numpy
+    scalars and arrays become numbers and lists.
+    """
+    history = getattr(value, "history", None)
+    if isinstance(history, dict) and hasattr(value, "on_epoch_end"):
+        value = history
+
+    def plain(obj):
+        if hasattr(obj, "tolist"):    # numpy scalars and arrays, tf.Tensor via numpy()
+            return obj.tolist()
+        if hasattr(obj, "numpy"):
+            return obj.numpy().tolist()
+        raise TypeError(f"{type(obj).__qualname__!r} values cannot be sent as JSON")
+
+    try:
+        text = json.dumps(value, default=plain)
+    except (TypeError, ValueError) as exc:
+        return None, f"{exc}; return JSON-like values (dicts, lists, numbers, strings)"
+    if len(text) > launch.MAX_RESULT_BYTES:
+        return None, (f"{len(text)} bytes as JSON, over the {launch.MAX_RESULT_BYTES} bytes "
+                      "allowed; write large results to files and return their paths")
+    return text, ""
 
 
 if __name__ == "__main__":
