@@ -88,6 +88,15 @@ def test_dataset_with_unknown_columns_names_them():
         DataFeed(feeding([[2]])).dataset(2, columns=["pixels"])
 
 
+def test_dataset_with_an_input_mapping_names_columns_by_their_tensors():
+    feed = DataFeed(feeding([[3, 2]]), input_mapping={"image": "x", "label": "y_"})
+    ((x, y),) = [(x.numpy(), y.numpy()) for x, y in feed.dataset(5, ["x", "y_"])]
+    assert x.shape == (5, 3) and list(y) == [0, 1, 2, 3, 4]
+    with pytest.raises(FeedUsageError, match=r"no tensors \['image'\]; it has \['x', 'y_'\]"):
+        DataFeed(feeding([[2]]), input_mapping={"image": "x", "label": "y_"}).dataset(
+            2, ["image"])
+
+
 def test_dataset_turns_tensorflow_auto_sharding_off():
     import tensorflow as tf
     dataset = DataFeed(feeding([[4]])).dataset(2)

@@ -106,8 +106,9 @@ class DataFeed:
         """A ``tf.data.Dataset`` of batches of ``batch_size`` rows, one epoch per iteration.
 
         Elements are tuples of the chosen ``columns`` (default: all, in feed order; a single
-        column is yielded as a tensor), e.g. ``(image, label)`` for Keras ``fit``. Iterating it
-        again continues with the next epoch.
+        column is yielded as a tensor), e.g. ``(image, label)`` for Keras ``fit``. With an
+        ``input_mapping`` the columns are named by their tensors (``["x", "y_"]``). Iterating
+        it again continues with the next epoch.
 
         TensorFlow's auto-sharding is turned off: the feed has already split the data among
         the workers, and sharding it again would drop most of it. Under a multi-worker strategy
@@ -116,10 +117,13 @@ class DataFeed:
         """
         import tensorflow as tf
         first = self._peek()
+        if self.input_mapping:
+            first = self._mapped(first)
         names = columns or list(first)
         missing = [n for n in names if n not in first]
         if missing:
-            raise FeedUsageError(f"dataset(columns={names}): the feed has no columns {missing}; "
+            named = "tensors" if self.input_mapping else "columns"
+            raise FeedUsageError(f"dataset(columns={names}): the feed has no {named} {missing}; "
                                  f"it has {list(first)}")
         specs = tuple(tf.TensorSpec((None,) + first[n].shape[1:], tf.as_dtype(first[n].dtype))
                       for n in names)
@@ -129,6 +133,8 @@ class DataFeed:
                 batch = self.next_columns(batch_size, within_epoch=True)
                 if not batch:
                     return
+                if self.input_mapping:
+                    batch = self._mapped(batch)
                 values = tuple(batch[n] for n in names)
                 yield values[0] if len(values) == 1 else values
 
