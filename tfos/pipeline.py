@@ -1,13 +1,31 @@
 """TensorFlowOnSpark's ``pipeline``: Spark ML stages (driver); see ``tfos.ml.pipeline``."""
-from tfos.ml.pipeline import (
-                              HasBatchSize,
-                              HasExportDir,
-                              HasInputMapping,
-                              HasOutputMapping,
-                              HasSignatureDefKey,
-                              HasTagSet,
-                              TFModel,
+from tfos.ml.params import (
+                            HasBatchSize,
+                            HasClusterSize,
+                            HasDriverPSNodes,
+                            HasEpochs,
+                            HasExportDir,
+                            HasGraceSecs,
+                            HasInputMapping,
+                            HasInputMode,
+                            HasMasterNode,
+                            HasModelDir,
+                            HasNumPS,
+                            HasOutputMapping,
+                            HasProtocol,
+                            HasReaders,
+                            HasSignatureDefKey,
+                            HasSteps,
+                            HasTagSet,
+                            HasTensorboard,
+                            HasTFRecordDir,
+                            Namespace,
+                            TFParams,
 )
+from tfos.ml.pipeline import VALIDATION_FEED, TFEstimator, TFModel
 
-__all__ = ["TFModel", "HasBatchSize", "HasInputMapping", "HasOutputMapping", "HasExportDir",
-           "HasSignatureDefKey", "HasTagSet"]
+__all__ = ["TFEstimator", "TFModel", "Namespace", "TFParams", "VALIDATION_FEED",
+           "HasBatchSize", "HasClusterSize", "HasDriverPSNodes", "HasEpochs", "HasExportDir",
+           "HasGraceSecs", "HasInputMapping", "HasInputMode", "HasMasterNode", "HasModelDir",
+           "HasNumPS", "HasOutputMapping", "HasProtocol", "HasReaders", "HasSignatureDefKey",
+           "HasSteps", "HasTagSet", "HasTensorboard", "HasTFRecordDir"]

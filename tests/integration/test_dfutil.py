@@ -105,3 +105,18 @@ def test_unsupported_columns_are_refused_by_name(spark_local_cluster_4x1, tmp_pa
     df = spark_local_cluster_4x1.createDataFrame([(1, {"k": 1})], "i int, m map<string,int>")
     with pytest.raises(tfos.ConfigError, match="column 'm' has type map<string,int>"):
         dfutil.saveAsTFRecords(df, str(tmp_path / "x"))
+
+
+def test_writing_over_earlier_records_is_refused_or_replaces_them_all(spark_local_cluster_4x1,
+                                                                      tmp_path):
+    spark = spark_local_cluster_4x1
+    out = str(tmp_path / "again")
+    dfutil.saveAsTFRecords(spark.range(0, 30, numPartitions=3), out)
+    (tmp_path / "again" / "_notes.txt").write_text("not ours")   # skipped on read
+    with pytest.raises(tfos.ConfigError, match=r"already holds 4 TFRecord files .*"
+                                               r"mode='overwrite'"):
+        dfutil.saveAsTFRecords(spark.range(100, 102, numPartitions=1), out)
+    # Fewer partitions than before: no part file of the earlier write may survive.
+    dfutil.saveAsTFRecords(spark.range(100, 102, numPartitions=1), out, mode="overwrite")
+    assert sorted(os.listdir(out)) == ["_notes.txt", dfutil.SCHEMA_FILE, "part-00000.tfrecord"]
+    assert sorted(r.id for r in dfutil.loadTFRecords(spark, out).collect()) == [100, 101]

@@ -43,12 +43,26 @@ def isLoadedDF(df) -> bool:  # noqa: N802 - TensorFlowOnSpark's name
     return getattr(df, "_tfos_tfrecord_dir", None) is not None
 
 
-def saveAsTFRecords(df, output_dir: str) -> None:  # noqa: N802
-    """Writes ``df`` as TFRecord files of ``tf.train.Example`` under ``output_dir``."""
+def saveAsTFRecords(df, output_dir: str, mode: str = "error") -> None:  # noqa: N802
+    """Writes ``df`` as TFRecord files of ``tf.train.Example`` under ``output_dir``.
+
+    ``mode`` says what happens when ``output_dir`` already holds TFRecords written here
+    (``part-*.tfrecord`` or the schema file): ``"error"`` (the default, as Spark's writers)
+    refuses, ``"overwrite"`` deletes those files first (other files are left alone).
+    """
+    if mode not in ("error", "overwrite"):
+        raise ConfigError(f"saveAsTFRecords mode={mode!r}: use 'error' or 'overwrite'")
     fields = [(f.name, _type_name(f)) for f in df.schema.fields]
     if "://" not in output_dir:   # where the driver stands, not each executor's directory
         output_dir = os.path.abspath(output_dir)
     fs, path = _open_dir(output_dir)
+    earlier = _written_here(fs, path)
+    if earlier and mode == "error":
+        raise ConfigError(f"{output_dir} already holds {len(earlier)} TFRecord files written "
+                          f"by saveAsTFRecords (e.g. {earlier[0]}): choose another directory, "
+                          "or pass mode='overwrite' to replace them")
+    for name in earlier:
+        fs.delete_file(f"{path}/{name}")
     written = df.rdd.mapPartitionsWithIndex(
         functools.partial(_write_partition, output_dir, fields)).collect()
     with fs.open_output_stream(f"{path}/{SCHEMA_FILE}") as out:
@@ -254,6 +268,15 @@ def _filesystem(url: str):
     if "://" not in url:
         return fs.LocalFileSystem(), url
     return fs.FileSystem.from_uri(url)
+
+
+def _written_here(filesystem, path: str) -> list[str]:
+    """The names of the files an earlier ``saveAsTFRecords`` left in ``path``."""
+    from pyarrow import fs
+    infos = filesystem.get_file_info(fs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == fs.FileType.File and (
+        i.base_name == SCHEMA_FILE or (i.base_name.startswith("part-")
+                                       and i.base_name.endswith(".tfrecord"))))
 
 
 def _open_dir(url: str):

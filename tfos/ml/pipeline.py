@@ -1,102 +1,245 @@
 """Spark ML stages for TensorFlow models (driver; the scoring runs in Spark's Python workers).
 
-TensorFlowOnSpark's ``pipeline`` names. ``TFModel.transform(df)`` needs no TF cluster: each
-Python worker loads the SavedModel at ``export_dir`` once (kept for the worker's later tasks),
-and every partition streams through it as Arrow batches (``mapInArrow``) of ``batch_size``
-rows. Input columns (``input_mapping``: column -> signature input) are cast and reshaped to the
-signature's inputs; outputs (``output_mapping``: signature output -> column) are put beside the
-input columns, in row order, the last short batch included. An output of shape ``(rows,)`` or
-``(rows, 1)`` becomes a scalar column, any other shape an array column.
+TensorFlowOnSpark's ``pipeline`` names. ``TFEstimator.fit(df)`` trains through a TF cluster:
+it starts ``TFCluster.run`` with ``train_fn``, hands the DataFrame's ``input_mapping`` columns
+to the nodes (InputMode.SPARK: fed epoch by epoch, read with ``DataFeed(ctx.mgr,
+input_mapping=args.input_mapping)``; InputMode.TENSORFLOW: written as TFRecords to
+``tfrecord_dir``, read by the TF code), waits for the nodes to finish and returns a ``TFModel``
+with the same parameters and ``history``, what ``train_fn`` returned on the primary node (a
+Keras ``History`` as its dict). ``train_fn(args, ctx)`` gets the estimator's ``tf_args`` merged
+with its parameters (``args.batch_size``, ``args.epochs``, ``args.export_dir``, ...) and, with a
+validation DataFrame, ``args.validation_feed`` (the feed to read it from, one epoch of it after
+each training epoch) or ``args.validation_dir`` (its TFRecords).
 
-``TFEstimator`` (training through a cluster) is still to come.
+``TFModel.transform(df)`` needs no TF cluster: each Python worker loads the SavedModel at
+``export_dir`` once (kept for the worker's later tasks), and every partition streams through it
+as Arrow batches (``mapInArrow``) of ``batch_size`` rows. Input columns (``input_mapping``:
+column -> signature input) are cast and reshaped to the signature's inputs; outputs
+(``output_mapping``: signature output -> column) are put beside the input columns, in row
+order, the last short batch included. An output of shape ``(rows,)`` or ``(rows, 1)`` becomes a
+scalar column, any other shape an array column.
+
+Both stages persist with Spark ML (``save``/``load``, alone or in a ``Pipeline``). A saved
+``TFEstimator`` holds its ``train_fn`` and ``tf_args`` pickled, as ``TFCluster.run`` ships them
+to the nodes: load only estimators you trust, as with any pickle.
 """
 from __future__ import annotations
 
+import base64
 import functools
+import logging
+import pickle
 
-from pyspark.ml import Model
-from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml import Estimator, Model
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+)
 
+from tfos.core import topology
+from tfos.core.config import InputMode
 from tfos.core.errors import ConfigError
+from tfos.ml.params import (
+    HasBatchSize,
+    HasClusterSize,
+    HasDriverPSNodes,
+    HasEpochs,
+    HasExportDir,
+    HasGraceSecs,
+    HasInputMapping,
+    HasInputMode,
+    HasMasterNode,
+    HasModelDir,
+    HasNumPS,
+    HasOutputMapping,
+    HasProtocol,
+    HasReaders,
+    HasSignatureDefKey,
+    HasSteps,
+    HasTagSet,
+    HasTensorboard,
+    HasTFRecordDir,
+    Namespace,
+    TFParams,
+)
+
+logger = logging.getLogger(__name__)
+VALIDATION_FEED = "validation"   # the feed a validation DataFrame is fed on (InputMode.SPARK)
 
 
-class HasBatchSize(Params):
-    batch_size = Param(Params._dummy(), "batch_size", "rows per batch",
-                       typeConverter=TypeConverters.toInt)
+class TFEstimator(Estimator, TFParams, HasInputMapping, HasClusterSize, HasNumPS,
+                  HasDriverPSNodes, HasInputMode, HasMasterNode, HasProtocol, HasGraceSecs,
+                  HasTensorboard, HasModelDir, HasExportDir, HasTFRecordDir, HasBatchSize,
+                  HasEpochs, HasReaders, HasSteps, MLReadable, MLWritable):
+    """Trains ``train_fn(args, ctx)`` on a TF cluster; ``fit`` returns a :class:`TFModel`.
 
-    def setBatchSize(self, value):  # noqa: N802 - Spark ML's accessor names
-        return self._set(batch_size=value)
+    ``tf_args``: the TF function's own arguments (dict, argparse or tfos ``Namespace``, or an
+    argv list it parses itself). ``export_fn`` (TensorFlowOnSpark's TF1 export step) is
+    refused: export in ``train_fn``, e.g. with ``tfos.compat.export_saved_model``. Keyword
+    ``cluster_options`` go to ``TFCluster.run`` (``log_stream``, ``env``, ``num_gpus``, ...).
+    """
 
-    def getBatchSize(self):  # noqa: N802
-        return self.getOrDefault(self.batch_size)
+    def __init__(self, train_fn, tf_args=None, export_fn=None, **cluster_options):
+        super().__init__()
+        if export_fn is not None:
+            raise ConfigError("TFEstimator(export_fn=...) is TensorFlow 1's export step; export "
+                              "the SavedModel at the end of train_fn instead, e.g. "
+                              "tfos.compat.export_saved_model(model, args.export_dir, "
+                              "is_chief=ctx.job_name == 'chief')")
+        self.train_fn = train_fn
+        self.args = Namespace(tf_args)
+        self.cluster_options = cluster_options
+        self.validation_data = None
+        self._setDefault(input_mapping={}, cluster_size=1, num_ps=0, driver_ps_nodes=False,
+                         input_mode=int(InputMode.SPARK), master_node="chief", protocol="grpc",
+                         tensorboard=False, grace_secs=0, model_dir=None, export_dir=None,
+                         tfrecord_dir=None, batch_size=100, epochs=1, readers=1, steps=1000)
+
+    def setValidationData(self, dataset):  # noqa: N802 - Spark ML's accessor names
+        """A DataFrame to validate on after each epoch (not a Param: it is data, so it is not
+        saved with the estimator). Its ``input_mapping`` columns reach ``train_fn`` like the
+        training data's."""
+        self.validation_data = dataset
+        return self
+
+    def getValidationData(self):  # noqa: N802
+        return self.validation_data
+
+    def _fit(self, dataset):
+        from tfos.driver.cluster import TFCluster, spark_context
+        args = self.merge_args_params()
+        columns = self._input_columns(dataset, "the training DataFrame")
+        train = dataset.select(columns)
+        validation = None
+        if self.validation_data is not None:
+            validation = self.validation_data.select(
+                self._input_columns(self.validation_data, "the validation DataFrame"))
+        mode = InputMode(args.input_mode)
+        args.validation_feed = args.validation_dir = None
+        if mode == InputMode.TENSORFLOW:
+            _write_tfrecords(args, train, validation)
+        elif validation is not None:
+            args.validation_feed = VALIDATION_FEED
+        tf_args = self.args.argv if self.args.argv else args
+        logger.info("TFEstimator: training %s on %d nodes with %s", _name(self.train_fn),
+                    args.cluster_size, args)
+        cluster = TFCluster.run(
+            spark_context(dataset.sparkSession), self.train_fn, tf_args, args.cluster_size,
+            args.num_ps, args.tensorboard, mode, driver_ps_nodes=args.driver_ps_nodes,
+            master_node=args.master_node, rdma=args.protocol == "rdma", **self.cluster_options)
+        with cluster:
+            if mode == InputMode.SPARK:
+                _feed(cluster, train, validation, args.epochs)
+            cluster.shutdown(grace_secs=args.grace_secs)
+        model = self._copyValues(TFModel(self.args))
+        model.history = cluster.results.get(topology.primary_node(cluster.config.roles).label)
+        return model
+
+    def _input_columns(self, dataset, what: str) -> list[str]:
+        """The ``input_mapping`` columns, sorted by name (the order TensorFlowOnSpark fed)."""
+        columns = sorted(self.getInputMapping())
+        if not columns:
+            raise ConfigError("TFEstimator needs setInputMapping({column: tensor}): the "
+                              "DataFrame's columns to train on")
+        missing = [c for c in columns if c not in dataset.columns]
+        if missing:
+            raise ConfigError(f"TFEstimator input_mapping names columns {missing} that {what} "
+                              f"does not have; it has {dataset.columns}")
+        return columns
+
+    # -- persistence ------------------------------------------------------------------------
+    def write(self):
+        return _EstimatorWriter(self)
+
+    @classmethod
+    def read(cls):
+        return _StageReader(cls)
+
+    @classmethod
+    def _from_metadata(cls, metadata: dict) -> "TFEstimator":
+        # A directory the user saved and chose to load (see the module's doc), never the network.
+        train_fn, (args, options) = pickle.loads(base64.b64decode(metadata["tfos_train_fn"]))
+        return cls(train_fn, args, **options)
 
 
-class HasInputMapping(Params):
-    input_mapping = Param(Params._dummy(), "input_mapping",
-                          "input DataFrame column -> signature input tensor")
-
-    def setInputMapping(self, value):  # noqa: N802
-        return self._set(input_mapping=dict(value))
-
-    def getInputMapping(self):  # noqa: N802
-        return self.getOrDefault(self.input_mapping)
-
-
-class HasOutputMapping(Params):
-    output_mapping = Param(Params._dummy(), "output_mapping",
-                           "signature output tensor -> output DataFrame column")
-
-    def setOutputMapping(self, value):  # noqa: N802
-        return self._set(output_mapping=dict(value))
-
-    def getOutputMapping(self):  # noqa: N802
-        return self.getOrDefault(self.output_mapping)
+def _feed(cluster, train, validation, epochs: int) -> None:
+    """Feeds the epochs; with validation data, one epoch of it after each training epoch, in
+    the order Keras ``fit(..., validation_data=...)`` reads them."""
+    if validation is None:
+        cluster.train(train, epochs)
+        return
+    for _ in range(epochs):
+        cluster.train(train, 1)
+        cluster.train(validation, 1, qname=VALIDATION_FEED)
 
 
-class HasExportDir(Params):
-    export_dir = Param(Params._dummy(), "export_dir", "directory of the SavedModel",
-                       typeConverter=TypeConverters.toString)
-
-    def setExportDir(self, value):  # noqa: N802
-        return self._set(export_dir=value)
-
-    def getExportDir(self):  # noqa: N802
-        return self.getOrDefault(self.export_dir)
-
-
-class HasSignatureDefKey(Params):
-    signature_def_key = Param(Params._dummy(), "signature_def_key",
-                              "the SavedModel's signature to run",
-                              typeConverter=TypeConverters.toString)
-
-    def setSignatureDefKey(self, value):  # noqa: N802
-        return self._set(signature_def_key=value)
-
-    def getSignatureDefKey(self):  # noqa: N802
-        return self.getOrDefault(self.signature_def_key)
+def _write_tfrecords(args: Namespace, train, validation) -> None:
+    """InputMode.TENSORFLOW: the training (and validation) columns as TFRecords for the TF
+    code to read, at ``tfrecord_dir`` (and ``<tfrecord_dir>_validation``), replacing earlier
+    ones."""
+    from tfos.ml.dfutil import saveAsTFRecords
+    if not args.tfrecord_dir:
+        raise ConfigError("TFEstimator with InputMode.TENSORFLOW needs setTFRecordDir(path): "
+                          "the DataFrame is written there as TFRecords for train_fn to read")
+    saveAsTFRecords(train, args.tfrecord_dir, mode="overwrite")
+    if validation is not None:
+        args.validation_dir = args.tfrecord_dir.rstrip("/") + "_validation"
+        saveAsTFRecords(validation, args.validation_dir, mode="overwrite")
 
 
-class HasTagSet(Params):
-    tag_set = Param(Params._dummy(), "tag_set", "comma-separated tags of the MetaGraph to load",
-                    typeConverter=TypeConverters.toString)
-
-    def setTagSet(self, value):  # noqa: N802
-        return self._set(tag_set=value)
-
-    def getTagSet(self):  # noqa: N802
-        return self.getOrDefault(self.tag_set)
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
 
 
-class TFModel(Model, HasBatchSize, HasInputMapping, HasOutputMapping, HasExportDir,
-              HasSignatureDefKey, HasTagSet, DefaultParamsReadable, DefaultParamsWritable):
-    """Scores a DataFrame with a SavedModel, without a TF cluster (see the module's doc)."""
+class _EstimatorWriter(DefaultParamsWriter):
+    """The parameters as Spark ML metadata, with ``train_fn``, ``tf_args`` and the cluster
+    options pickled inside it (the log stream stays behind: it belongs to this process)."""
+
+    def saveImpl(self, path: str) -> None:
+        from tfos.driver.cluster import pickle_map_fun
+        estimator = self.instance
+        options = {k: v for k, v in estimator.cluster_options.items() if k != "log_stream"}
+        payload = pickle_map_fun(estimator.train_fn, (estimator.args, options))
+        DefaultParamsWriter.saveMetadata(estimator, path, self.sparkSession, extraMetadata={
+            "tfos_train_fn": base64.b64encode(payload).decode("ascii")})
+
+
+class _StageReader(MLReader):
+    """Loads a stage saved by ``_EstimatorWriter`` or ``_ModelWriter``: its metadata, then its
+    parameters (the class builds itself from the metadata's extras)."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str):
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if metadata["class"] != expected:
+            raise ConfigError(f"{path} holds a saved {metadata['class']}, not a {expected}")
+        stage = self.cls._from_metadata(metadata)
+        stage._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(stage, metadata)
+        return stage
+
+
+class TFModel(Model, TFParams, HasBatchSize, HasInputMapping, HasOutputMapping, HasModelDir,
+              HasExportDir, HasSignatureDefKey, HasTagSet, MLReadable, MLWritable):
+    """Scores a DataFrame with a SavedModel, without a TF cluster (see the module's doc).
+
+    ``history``: what the estimator's ``train_fn`` returned on the primary node (None when
+    built directly); saved and loaded with the model.
+    """
 
     def __init__(self, tf_args=None):
         super().__init__()
-        self.tf_args = tf_args
+        self.args = Namespace(tf_args)
+        self.history = None
         self._setDefault(batch_size=100, signature_def_key="serving_default", tag_set="serve",
-                         input_mapping={}, output_mapping={})
+                         input_mapping={}, output_mapping={}, model_dir=None, export_dir=None)
 
     def _transform(self, dataset):
         from pyspark.sql.types import StructField, StructType
@@ -121,6 +264,25 @@ class TFModel(Model, HasBatchSize, HasInputMapping, HasOutputMapping, HasExportD
             _score, self.getExportDir(), self.getTagSet(), self.getSignatureDefKey(),
             dict(inputs), columns, self.getBatchSize(), schema.json())
         return dataset.mapInArrow(score, schema)
+
+    def write(self):
+        return _ModelWriter(self)
+
+    @classmethod
+    def read(cls):
+        return _StageReader(cls)
+
+    @classmethod
+    def _from_metadata(cls, metadata: dict) -> "TFModel":
+        model = cls()
+        model.history = metadata.get("tfos_history")
+        return model
+
+
+class _ModelWriter(DefaultParamsWriter):
+    def saveImpl(self, path: str) -> None:
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession,
+                                         extraMetadata={"tfos_history": self.instance.history})
 
 
 # -- the SavedModel ------------------------------------------------------------------------------
