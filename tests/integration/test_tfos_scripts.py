@@ -119,3 +119,144 @@ def test_tfparallel_runs_independent_instances_with_and_without_a_barrier(
     # More instances than the 4 task slots cannot start together.
     with pytest.raises(tfos.PreflightError, match="needs 5 task slots"):
         TFParallel.run(sc, instance_fun, {"out": str(tmp_path)}, 5)
+
+
+# -- the Spark ML pipeline: TFEstimator trains, TFModel scores ----------------------------------
+WEIGHTS = (3.14, 1.618)
+
+
+def linear_model(tf):
+    """y = w1 x1 + w2 x2, its inputs named x1 and x2 (the SavedModel's signature inputs)."""
+    x1, x2 = tf.keras.Input((1,), name="x1"), tf.keras.Input((1,), name="x2")
+    y = tf.keras.layers.Dense(1, use_bias=False)(tf.keras.layers.Concatenate()([x1, x2]))
+    model = tf.keras.Model({"x1": x1, "x2": x2}, y)
+    model.compile(tf.keras.optimizers.SGD(0.5), "mse")
+    return model
+
+
+def as_keras(tf, x1, x2, y):
+    return {"x1": tf.cast(x1, tf.float32)[:, None], "x2": tf.cast(x2, tf.float32)[:, None]}, \
+        tf.cast(y, tf.float32)
+
+
+def fed_regression_fun(args, ctx):
+    """TensorFlowOnSpark's pipeline training function, in TF 2: MultiWorkerMirroredStrategy,
+    the columns fed through TFNode.DataFeed under the estimator's input_mapping, validated on
+    the validation feed, exported by the chief."""
+    import tensorflow as tf
+
+    from tfos import compat
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = linear_model(tf)
+
+    def fed(qname):
+        feed = TFNode.DataFeed(ctx.mgr, qname_in=qname, input_mapping=args.input_mapping)
+        dataset = feed.dataset(args.batch_size * ctx.num_workers, ["x1", "x2", "y"])
+        return dataset.map(lambda x1, x2, y: as_keras(tf, x1, x2, y))
+
+    history = model.fit(fed("input"), validation_data=fed(args.validation_feed),
+                        epochs=args.epochs, verbose=0)
+    compat.export_saved_model(model, args.export_dir, is_chief=ctx.job_name == "chief")
+    return history
+
+
+def regression_frames(spark, rows=1000):
+    import numpy as np
+    rng = np.random.default_rng(1234)
+    features = rng.random((rows, 2))
+    labels = features @ np.array(WEIGHTS)
+    df = spark.createDataFrame([(float(a), float(b), float(y))
+                                for (a, b), y in zip(features, labels)], "a double, b double, "
+                               "label double")
+    train, validation = df.randomSplit([0.8, 0.2], seed=7)
+    return train.withColumn("extra", train.a), validation
+
+
+def test_tfestimator_trains_under_mwms_through_the_feed_and_tfmodel_predicts(
+        spark_local_cluster_4x1, tmp_path):
+    import pytest
+    from pyspark.ml import Pipeline, PipelineModel
+
+    from tfos.pipeline import TFEstimator, TFModel
+    spark = spark_local_cluster_4x1
+    train, validation = regression_frames(spark)
+    estimator = TFEstimator(fed_regression_fun, {"note": "tf_args reach train_fn"},
+                            log_stream=None) \
+        .setInputMapping({"a": "x1", "b": "x2", "label": "y"}) \
+        .setExportDir(str(tmp_path / "export")) \
+        .setClusterSize(2) \
+        .setBatchSize(10) \
+        .setEpochs(3) \
+        .setValidationData(validation)
+    model = estimator.fit(train)
+    assert isinstance(model, TFModel) and model.getExportDir() == str(tmp_path / "export")
+    history = model.history           # the chief's Keras History, one value per epoch
+    assert len(history["loss"]) == 3 and len(history["val_loss"]) == 3
+    assert history["val_loss"][-1] < 1e-3 < history["loss"][0]
+    # The label mapped at training is not a serving input: TFModel leaves it out.
+    model.setOutputMapping({"output_0": "prediction"})
+    test = spark.createDataFrame([(1.0, 1.0), (0.5, 0.0)], "a double, b double")
+    predictions = [r.prediction for r in model.transform(test).collect()]
+    assert predictions[0] == pytest.approx(sum(WEIGHTS), abs=0.01)           # 4.758
+    assert predictions[1] == pytest.approx(WEIGHTS[0] / 2, abs=0.01)
+    # Both stages persist, in Pipelines; the estimator keeps its train_fn and tf_args.
+    Pipeline(stages=[estimator]).save(str(tmp_path / "pipeline"))
+    PipelineModel(stages=[model]).save(str(tmp_path / "model"))
+    (loaded,) = Pipeline.load(str(tmp_path / "pipeline")).getStages()
+    assert loaded.train_fn.__name__ == "fed_regression_fun"
+    assert loaded.merge_args_params().note == "tf_args reach train_fn"
+    assert loaded.extractParamMap() != {} and loaded.getEpochs() == 3 and \
+        loaded.getInputMapping() == {"a": "x1", "b": "x2", "label": "y"}
+    reloaded = PipelineModel.load(str(tmp_path / "model"))
+    assert reloaded.stages[0].history == history
+    assert [r.prediction for r in reloaded.transform(test).collect()] == predictions
+
+
+def tfrecord_regression_fun(args, ctx):
+    """InputMode.TENSORFLOW: the estimator wrote the columns as TFRecords; TF reads them."""
+    import tensorflow as tf
+
+    from tfos import compat
+
+    def read(directory):
+        spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in ("a", "b", "label")}
+        files = tf.io.gfile.glob(f"{directory}/part-*.tfrecord")
+        return tf.data.TFRecordDataset(files).batch(args.batch_size).map(
+            lambda records: tf.io.parse_example(records, spec)).map(
+            lambda f: as_keras(tf, f["a"], f["b"], f["label"]))
+
+    model = linear_model(tf)
+    history = model.fit(read(args.tfrecord_dir), validation_data=read(args.validation_dir),
+                        epochs=args.epochs, verbose=0)
+    compat.export_saved_model(model, args.export_dir, is_chief=True)
+    return history
+
+
+def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrecords(
+        spark_local_cluster_4x1, tmp_path):
+    import pytest
+
+    from tfos import dfutil
+    from tfos.pipeline import TFEstimator
+    spark = spark_local_cluster_4x1
+    train, validation = regression_frames(spark, rows=600)
+    tfrecord_dir = str(tmp_path / "tfr")
+    estimator = TFEstimator(tfrecord_regression_fun, {}, log_stream=None) \
+        .setInputMapping({"a": "x1", "b": "x2", "label": "y"}) \
+        .setInputMode(TFCluster.InputMode.TENSORFLOW) \
+        .setTFRecordDir(tfrecord_dir) \
+        .setExportDir(str(tmp_path / "export")) \
+        .setBatchSize(10) \
+        .setEpochs(4) \
+        .setValidationData(validation)
+    model = estimator.fit(train)
+    assert dfutil.loadTFRecords(spark, tfrecord_dir).columns == ["a", "b", "label"]
+    assert dfutil.loadTFRecords(spark, tfrecord_dir + "_validation").count() == \
+        validation.count()
+    assert len(model.history["val_loss"]) == 4
+    model = estimator.fit(train)      # again: the earlier TFRecords are replaced, not mixed in
+    assert dfutil.loadTFRecords(spark, tfrecord_dir).count() == train.count()
+    test = spark.createDataFrame([(1.0, 1.0)], "a double, b double")
+    (row,) = model.transform(test).collect()
+    assert row.output_0 == pytest.approx(sum(WEIGHTS), abs=0.01)

@@ -14,8 +14,10 @@ each training epoch) or ``args.validation_dir`` (its TFRecords).
 ``TFModel.transform(df)`` needs no TF cluster: each Python worker loads the SavedModel at
 ``export_dir`` once (kept for the worker's later tasks), and every partition streams through it
 as Arrow batches (``mapInArrow``) of ``batch_size`` rows. Input columns (``input_mapping``:
-column -> signature input) are cast and reshaped to the signature's inputs; outputs
-(``output_mapping``: signature output -> column) are put beside the input columns, in row
+column -> signature input; by default each input reads the column of its name, and entries
+for tensors the signature does not take, such as training labels, are left out) are cast and
+reshaped to the signature's inputs; outputs (``output_mapping``: signature output -> column;
+by default every output, as a column of its name) are put beside the input columns, in row
 order, the last short batch included. An output of shape ``(rows,)`` or ``(rows, 1)`` becomes a
 scalar column, any other shape an array column.
 
@@ -243,26 +245,22 @@ class TFModel(Model, TFParams, HasBatchSize, HasInputMapping, HasOutputMapping, 
 
     def _transform(self, dataset):
         from pyspark.sql.types import StructField, StructType
-        inputs, outputs = self.getInputMapping(), self.getOutputMapping()
-        if not inputs or not outputs:
-            raise ConfigError("TFModel needs setInputMapping({column: input tensor}) and "
-                              "setOutputMapping({output tensor: column})")
+        if not self.getExportDir():
+            raise ConfigError("TFModel needs setExportDir(path): the SavedModel to score with")
+        specs = _signature(self.getExportDir(), self.getTagSet(), self.getSignatureDefKey())
+        inputs = _fed_inputs(self.getInputMapping(), specs, self.getSignatureDefKey())
         missing = sorted(set(inputs) - set(dataset.columns))
         if missing:
             raise ConfigError(f"TFModel input_mapping names columns {missing} that the "
                               f"DataFrame does not have; it has {dataset.columns}")
-        specs = _signature(self.getExportDir(), self.getTagSet(), self.getSignatureDefKey())
-        if set(inputs.values()) != set(specs.inputs):
-            raise ConfigError(f"TFModel input_mapping feeds {sorted(inputs.values())} but the "
-                              f"signature {self.getSignatureDefKey()!r} takes "
-                              f"{sorted(specs.inputs)}")
+        outputs = self.getOutputMapping() or {name: name for name in specs.outputs}
         columns = sorted((column, tensor) for tensor, column in outputs.items())
         schema = StructType(list(dataset.schema.fields) + [
             StructField(column, _spark_type(specs.outputs, tensor), True)
             for column, tensor in columns])
         score = functools.partial(
             _score, self.getExportDir(), self.getTagSet(), self.getSignatureDefKey(),
-            dict(inputs), columns, self.getBatchSize(), schema.json())
+            inputs, columns, self.getBatchSize(), schema.json())
         return dataset.mapInArrow(score, schema)
 
     def write(self):
@@ -305,6 +303,19 @@ def _signature(export_dir: str, tag_set: str, key: str) -> _Signature:
     signature = _Signature(model.signatures[key])
     signature.model = model   # keeps the variables alive
     return signature
+
+
+def _fed_inputs(mapping: dict, specs: _Signature, key: str) -> dict:
+    """Column -> signature input for every input of the signature. Without a mapping, each
+    input reads the column of its own name; entries for tensors the signature does not take
+    (the labels an estimator trained with) are left out."""
+    mapping = mapping or {name: name for name in specs.inputs}
+    fed = {column: tensor for column, tensor in mapping.items() if tensor in specs.inputs}
+    if set(fed.values()) != set(specs.inputs):
+        raise ConfigError(f"TFModel input_mapping feeds {sorted(mapping.values())} but the "
+                          f"signature {key!r} takes {sorted(specs.inputs)}: map a column to "
+                          f"each of {sorted(set(specs.inputs) - set(fed.values()))}")
+    return fed
 
 
 def _spark_type(outputs: dict, tensor: str):
