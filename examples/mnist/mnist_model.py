@@ -26,7 +26,8 @@ if not tf.keras.__name__.startswith("tf_keras"):
 def build_model(learning_rate=0.002):
     """A small CNN: about 60k parameters, >= 0.95 on the digits data after 3 epochs."""
     model = tf.keras.Sequential([
-        tf.keras.layers.Reshape((28, 28, 1), input_shape=(NUM_PIXELS,)),
+        tf.keras.Input((NUM_PIXELS,), name="image"),   # the SavedModel's input name
+        tf.keras.layers.Reshape((28, 28, 1)),
         tf.keras.layers.Conv2D(16, 3, activation="relu"),
         tf.keras.layers.MaxPooling2D(),
         tf.keras.layers.Conv2D(32, 3, activation="relu"),

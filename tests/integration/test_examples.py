@@ -1,5 +1,5 @@
 """The mnist examples end to end: data setup, plain TF, on Spark (MWMS and PSS), inference on a
-cluster and by independent instances (TFParallel)."""
+cluster and by independent instances (TFParallel), and as a Spark ML Pipeline."""
 import os
 import re
 import subprocess
@@ -58,3 +58,17 @@ def test_fed_by_spark_then_inference_on_the_saved_model(mnist_data, tmp_path):
     assert len(re.findall(r"mnist: instance [01] scored \d+ rows", output)) == 2, output[-4000:]
     found = re.findall(r"parallel inference accuracy: ([0-9.]+)", output)
     assert len(found) == 1 and float(found[0]) > 0.9, output[-4000:]
+
+
+def test_pipeline_trains_with_tfestimator_then_scores_with_tfmodel(mnist_data, tmp_path):
+    output = run(MNIST / "mnist_pipeline.py", "--cluster_size", 2, "--epochs", 3,
+                 "--data_dir", mnist_data, "--export_dir", tmp_path / "export",
+                 "--save", tmp_path / "pipeline", timeout=400)
+    epochs = re.findall(r"mnist: epoch (\d): loss [0-9.]+, accuracy [0-9.]+, val_loss [0-9.]+, "
+                        r"val_accuracy ([0-9.]+)", output)
+    assert [e for e, _ in epochs] == ["1", "2", "3"], output[-4000:]
+    found = re.findall(r"pipeline accuracy: ([0-9.]+)", output)
+    assert len(found) == 1 and float(found[0]) > 0.9, output[-4000:]
+    # The last validation pass and the pipeline's scoring saw the same rows and model.
+    assert abs(float(epochs[-1][1]) - float(found[0])) < 0.01
+    assert (tmp_path / "pipeline" / "stages").is_dir()
