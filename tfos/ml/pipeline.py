@@ -353,12 +353,23 @@ def _score(export_dir, tag_set, key, inputs, outputs, batch_size, schema_json, b
             columns = arrow_to_columns(piece.select(list(inputs)), -1, start)
             results = _run(signature, {inputs[c]: columns[c] for c in inputs})
             for column, tensor in outputs:
-                values = results[tensor]
-                if values.ndim == 2 and values.shape[1] == 1:
-                    values = values[:, 0]
                 arrow_type = to_arrow_type(schema[column].dataType)
-                piece = piece.append_column(column, pa.array(values.tolist(), arrow_type))
+                piece = piece.append_column(column, _arrow_column(pa, results[tensor],
+                                                                  arrow_type))
             yield piece
+
+
+def _arrow_column(pa, values, arrow_type):
+    """One output tensor of ``rows`` rows as an Arrow column, straight from its buffer: a scalar
+    per row for shapes ``(rows,)`` and ``(rows, 1)``, else each row's values, flattened."""
+    import numpy as np
+    rows = len(values)
+    if isinstance(arrow_type, pa.ListType):
+        flat = values.reshape(rows, -1)
+        offsets = np.arange(rows + 1, dtype=np.int32) * flat.shape[1]
+        items = flat.ravel().astype(arrow_type.value_type.to_pandas_dtype(), copy=False)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(items))
+    return pa.array(values.reshape(rows).astype(arrow_type.to_pandas_dtype(), copy=False))
 
 
 def _run(signature: _Signature, feeds: dict) -> dict:
