@@ -296,6 +296,7 @@ def _signature(export_dir: str, tag_set: str, key: str) -> _Signature:
     """The signature ``key`` of the SavedModel, loaded once per process (a Python worker keeps
     it for the tasks it runs later)."""
     import tensorflow as tf
+    _task_threads(tf)
     model = tf.saved_model.load(export_dir, tags=[t for t in tag_set.split(",") if t])
     if key not in model.signatures:
         raise ConfigError(f"the SavedModel at {export_dir} has no signature {key!r}; it has "
@@ -303,6 +304,21 @@ def _signature(export_dir: str, tag_set: str, key: str) -> _Signature:
     signature = _Signature(model.signatures[key])
     signature.model = model   # keeps the variables alive
     return signature
+
+
+def _task_threads(tf) -> None:
+    """In a Spark task, TensorFlow computes with the task's cores (``spark.task.cpus``), not
+    every core of the host: the other task slots of the executor score at the same time.
+    Once TensorFlow has started in this process the setting is fixed, and left as it is."""
+    from pyspark import TaskContext
+    task = TaskContext.get()
+    if task is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(task.cpus())
+        tf.config.threading.set_inter_op_parallelism_threads(task.cpus())
+    except RuntimeError:
+        pass   # TensorFlow already ran in this Python worker (another task or UDF)
 
 
 def _fed_inputs(mapping: dict, specs: _Signature, key: str) -> dict:
