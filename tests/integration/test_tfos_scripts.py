@@ -250,6 +250,11 @@ def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrec
         .setBatchSize(10) \
         .setEpochs(4) \
         .setValidationData(validation)
+    # What is missing is said before any cluster starts.
+    with pytest.raises(tfos.ConfigError, match=r"columns \['nope'\] that the training "):
+        estimator.copy({estimator.input_mapping: {"nope": "x1"}}).fit(train)
+    with pytest.raises(tfos.ConfigError, match=r"needs setTFRecordDir\(path\)"):
+        estimator.copy({estimator.tfrecord_dir: None}).fit(train)
     model = estimator.fit(train)
     assert dfutil.loadTFRecords(spark, tfrecord_dir).columns == ["a", "b", "label"]
     assert dfutil.loadTFRecords(spark, tfrecord_dir + "_validation").count() == \
