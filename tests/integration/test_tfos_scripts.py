@@ -234,7 +234,7 @@ def tfrecord_regression_fun(args, ctx):
 
 
 def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrecords(
-        spark_local_cluster_4x1, tmp_path):
+        spark_local_cluster_4x1, tmp_path, monkeypatch):
     import pytest
 
     from tfos import dfutil
@@ -242,11 +242,12 @@ def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrec
     spark = spark_local_cluster_4x1
     train, validation = regression_frames(spark, rows=600)
     tfrecord_dir = str(tmp_path / "tfr")
+    monkeypatch.chdir(tmp_path)      # relative paths are the driver's, not each executor's
     estimator = TFEstimator(tfrecord_regression_fun, {}, log_stream=None) \
         .setInputMapping({"a": "x1", "b": "x2", "label": "y"}) \
         .setInputMode(TFCluster.InputMode.TENSORFLOW) \
-        .setTFRecordDir(tfrecord_dir) \
-        .setExportDir(str(tmp_path / "export")) \
+        .setTFRecordDir("tfr") \
+        .setExportDir("export") \
         .setBatchSize(10) \
         .setEpochs(4) \
         .setValidationData(validation)
@@ -256,6 +257,7 @@ def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrec
     with pytest.raises(tfos.ConfigError, match=r"needs setTFRecordDir\(path\)"):
         estimator.copy({estimator.tfrecord_dir: None}).fit(train)
     model = estimator.fit(train)
+    assert model.getExportDir() == str(tmp_path / "export")
     assert dfutil.loadTFRecords(spark, tfrecord_dir).columns == ["a", "b", "label"]
     assert dfutil.loadTFRecords(spark, tfrecord_dir + "_validation").count() == \
         validation.count()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import os
 import pickle
 
 from pyspark.ml import Estimator, Model
@@ -113,6 +114,8 @@ class TFEstimator(Estimator, TFParams, HasInputMapping, HasClusterSize, HasNumPS
     def _fit(self, dataset):
         from tfos.driver.cluster import TFCluster, spark_context
         args = self.merge_args_params()
+        for name in ("model_dir", "export_dir", "tfrecord_dir"):
+            setattr(args, name, _driver_path(getattr(args, name)))
         columns = self._input_columns(dataset, "the training DataFrame")
         train = dataset.select(columns)
         validation = None
@@ -137,6 +140,9 @@ class TFEstimator(Estimator, TFParams, HasInputMapping, HasClusterSize, HasNumPS
                 _feed(cluster, train, validation, args.epochs)
             cluster.shutdown(grace_secs=args.grace_secs)
         model = self._copyValues(TFModel(self.args))
+        for name in ("model_dir", "export_dir"):    # where the nodes wrote, not relative
+            if getattr(args, name):
+                model._set(**{name: getattr(args, name)})
         model.history = cluster.results.get(topology.primary_node(cluster.config.roles).label)
         return model
 
@@ -192,6 +198,14 @@ def _write_tfrecords(args: Namespace, train, validation) -> None:
         saveAsTFRecords(validation, args.validation_dir, mode="overwrite")
 
 
+def _driver_path(path: str | None) -> str | None:
+    """A relative local path made absolute where the driver stands: the TF nodes and the
+    Python workers run in executor directories of their own."""
+    if not path or "://" in path or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
+
+
 def _name(fn) -> str:
     return getattr(fn, "__qualname__", repr(fn))
 
@@ -245,9 +259,10 @@ class TFModel(Model, TFParams, HasBatchSize, HasInputMapping, HasOutputMapping, 
 
     def _transform(self, dataset):
         from pyspark.sql.types import StructField, StructType
-        if not self.getExportDir():
+        export_dir = _driver_path(self.getExportDir())
+        if not export_dir:
             raise ConfigError("TFModel needs setExportDir(path): the SavedModel to score with")
-        specs = _signature(self.getExportDir(), self.getTagSet(), self.getSignatureDefKey())
+        specs = _signature(export_dir, self.getTagSet(), self.getSignatureDefKey())
         inputs = _fed_inputs(self.getInputMapping(), specs, self.getSignatureDefKey())
         missing = sorted(set(inputs) - set(dataset.columns))
         if missing:
@@ -259,7 +274,7 @@ class TFModel(Model, TFParams, HasBatchSize, HasInputMapping, HasOutputMapping, 
             StructField(column, _spark_type(specs.outputs, tensor), True)
             for column, tensor in columns])
         score = functools.partial(
-            _score, self.getExportDir(), self.getTagSet(), self.getSignatureDefKey(),
+            _score, export_dir, self.getTagSet(), self.getSignatureDefKey(),
             inputs, columns, self.getBatchSize(), schema.json())
         return dataset.mapInArrow(score, schema)
 
