@@ -88,6 +88,12 @@ class ClusterConfig:
     rdma: bool = False
     # Lines of each node's output kept for error reports.
     log_tail_lines: int = 40
+    # Directory on the driver for each node's complete output (<job>-<index>.log); None: a new
+    # directory under the temporary directory (tfos.driver.console.default_log_dir).
+    node_log_dir: str | None = None
+    # Show TensorFlow's start-up noise (tfos.driver.console.TF_NOISE) on the driver's stream
+    # too; the node log files always hold every line.
+    show_tf_noise: bool = False
     # GPUs each node needs from those Spark's resource scheduling gives its task (None: all it
     # was given, and CUDA_VISIBLE_DEVICES untouched when Spark schedules no GPUs).
     num_gpus: int | None = None

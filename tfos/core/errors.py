@@ -41,8 +41,9 @@ class NodeFailed(TfosError):
         self.exit_code = exit_code
         self.log_tail = tuple(log_tail)
         tail = "\n".join(f"    {line}" for line in self.log_tail) or "    (no output)"
-        super().__init__(f"node {node} on host {host} failed: {reason}\n"
-                         f"  last lines of its output:\n{tail}")
+        # Without a host, ``node`` names what failed for every node (the node stage's job).
+        where = f"node {node} on host {host}" if host else node
+        super().__init__(f"{where} failed: {reason}\n  last lines of its output:\n{tail}")
 
 
 class ShutdownTimeout(TfosError):

@@ -54,7 +54,9 @@ def spark_session(args, app_name: str = "tfos", executor_memory_mb: int = 1024, 
         master = f"local-cluster[{args.cluster_size},{cores},{executor_memory_mb}]"
     if master is not None:
         builder = builder.master(master)
+    # Spark's console progress bar redraws itself into the middle of the nodes' lines.
+    quiet = {"spark.ui.showConsoleProgress": "false"}
     for key, value in {**BARRIER_FAIL_FAST, "spark.dynamicAllocation.enabled": "false",
-                       **(conf or {})}.items():
+                       **quiet, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

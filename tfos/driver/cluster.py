@@ -23,7 +23,7 @@ from tfos.core import auth
 from tfos.core.config import ClusterConfig, InputMode
 from tfos.core.errors import ClusterFailed, ConfigError, NodeFailed, TfosError
 from tfos.core.runtime import python_version, tensorflow_version
-from tfos.driver import preflight, spark_errors
+from tfos.driver import console, interrupts, preflight, spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.control_service import ControlService
 from tfos.driver.feed_jobs import SparkFeedJobs
@@ -41,11 +41,12 @@ class TFCluster:
     # TensorFlowOnSpark's scripts name it through the class: TFCluster.InputMode.SPARK.
     InputMode = InputMode
 
-    def __init__(self, sc, config: ClusterConfig, state: ClusterState, service: ControlService):
+    def __init__(self, sc, config: ClusterConfig, state: ClusterState, service: ControlService,
+                 cluster_id: str | None = None):
         self.sc = sc
         self.config = config
         self.state = state
-        self.cluster_id = secrets.token_hex(4)
+        self.cluster_id = cluster_id or secrets.token_hex(4)
         self.job_group = f"tfos-{self.cluster_id}"
         self._service = service
         self._job_thread: threading.Thread | None = None
@@ -100,13 +101,20 @@ class TFCluster:
         preflight.check(sc, config, slots_needed=_slots_needed(config) + feed_slots)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
+        cluster_id = secrets.token_hex(4)
+        node_log_dir = config.node_log_dir or console.default_log_dir(cluster_id)
+        if log_stream is not None:
+            log_stream.write(f"tfos: cluster {cluster_id}: each node's complete output goes to "
+                             f"{node_log_dir}/<job>-<index>.log\n")
+            log_stream.flush()
         state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
-                             log_stream=log_stream,
+                             log_stream=log_stream, log_dir=node_log_dir,
                              on_failure=lambda: cluster is not None and cluster._on_failure())
         secret = auth.new_secret()
         service = ControlService(state, secret, host,
                                  bind_all=config.bind_all_interfaces).start()
-        cluster = cls(sc, config, state, service)
+        cluster = cls(sc, config, state, service, cluster_id)
+        interrupts.protect(sc, cluster.job_group)   # Ctrl-C stops the work, not the cluster
         if config.input_mode == InputMode.SPARK:
             cluster._feeder = Feeder(config, state, secret, service.address,
                                      SparkFeedJobs(sc, f"{cluster.job_group}-feed"))
@@ -181,8 +189,12 @@ class TFCluster:
         partition = spark_errors.failed_partition(summary)
         node = self.state.nodes.get(partition) if partition is not None else None
         if node is None:
-            return NodeFailed("node stage", self.sc.getConf().get("spark.master", "?"),
-                              f"the Spark job running the TF nodes failed: {summary}")
+            if "cancel" in summary.lower():
+                summary = ("it was cancelled from outside tfos (sc.cancelAllJobs(), a cancel of "
+                           f"job group {self.job_group!r}, or Ctrl-C in a thread other than the "
+                           f"main one); Spark said: {summary}")
+            return NodeFailed(f"the Spark job running the TF nodes (job group "
+                              f"{self.job_group!r})", "", summary)
         cause = next((line.strip() for line in summary.splitlines()
                       if "ExecutorLostFailure" in line or "Reason:" in line), summary)
         return NodeFailed(node.label, node.host, f"its Spark task failed: {cause}", None,
@@ -227,6 +239,8 @@ class TFCluster:
         if self._feeder is not None:
             self._feeder.close()
         self._service.stop()
+        self.state.output.close()
+        interrupts.release(self.job_group)
 
     # -- public ---------------------------------------------------------------------------
     def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600.0,

@@ -23,6 +23,7 @@ from tfos.core.errors import (
     ShutdownTimeout,
 )
 from tfos.core.topology import Role
+from tfos.driver.console import NodeOutput
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,11 @@ class ClusterState:
 
     def __init__(self, config: ClusterConfig, *, driver_versions: tuple[str, str],
                  log_stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_failure: Callable[[], None] | None = None):
+                 on_failure: Callable[[], None] | None = None, log_dir: str | None = None):
         self.config = config
         self._driver_versions = driver_versions
-        self._log_stream = log_stream
+        # Every line to the node's log file in log_dir; all but TF's noise to log_stream.
+        self.output = NodeOutput(log_stream, log_dir, config.show_tf_noise)
         self._clock = clock
         self._on_failure = on_failure
         self.changed = threading.Condition()
@@ -154,10 +156,8 @@ class ClusterState:
         with self.changed:
             node.tail.extend(msg.lines)
             node.last_seen = self._clock()
-        if self._log_stream is not None:
-            prefix = f"[{node.label}] "
-            self._log_stream.write("".join(f"{prefix}{line}\n" for line in msg.lines))
-            self._log_stream.flush()
+        self.output.write(node.label, f"{node.role.job_name}-{node.role.task_index}.log",
+                          msg.lines)
         return m.Ack()
 
     def status(self, msg: m.NodeStatus) -> m.Ack:

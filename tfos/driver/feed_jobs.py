@@ -10,10 +10,15 @@ tasks in-process over lists).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 
 from tfos.executor import feed_task
 from tfos.executor.feed_task import FeedSpec
+
+logger = logging.getLogger(__name__)
+# After an interrupt, how long the cancelled job may take to end before the interrupt is raised.
+CANCEL_WAIT_SECS = 15.0
 
 
 def is_dataframe(data) -> bool:
@@ -30,14 +35,22 @@ class SparkFeedJobs:
 
     def count(self, data) -> list[int]:
         """The rows of every partition of ``data``."""
-        if is_dataframe(data):
-            # Counted in the JVM: sending the columns to Python costs as much as feeding them.
-            from pyspark.sql import functions as F
-            counts = [0] * data.rdd.getNumPartitions()
-            for row in data.groupBy(F.spark_partition_id().alias("p")).count().collect():
-                counts[row["p"]] = row["count"]
-            return counts
-        return data.mapPartitions(feed_task.count_rows).collect()
+        counts: list[int] = []
+
+        def job():
+            if is_dataframe(data):
+                # Counted in the JVM: sending the columns to Python costs as much as feeding.
+                from pyspark.sql import functions as F
+                counts.extend([0] * data.rdd.getNumPartitions())
+                for row in data.groupBy(F.spark_partition_id().alias("p")).count().collect():
+                    counts[row["p"]] = row["count"]
+            else:
+                counts.extend(data.mapPartitions(feed_task.count_rows).collect())
+
+        error = self._in_job_thread(job, "count rows", threading.Event())
+        if error is not None:
+            raise error
+        return counts
 
     def run(self, data, spec: FeedSpec, what: str,
             cancelled: threading.Event) -> BaseException | None:
@@ -46,27 +59,45 @@ class SparkFeedJobs:
         The job runs in a thread of its own, under the feed job group, so ``cancel`` from any
         thread stops it; ``cancelled`` already set when it starts cancels it at once.
         """
+        def job():
+            if is_dataframe(data):
+                data.mapInArrow(functools.partial(feed_task.train_arrow, spec),
+                                "rows long").collect()
+            else:
+                data.mapPartitionsWithIndex(
+                    functools.partial(feed_task.train_rows, spec)).collect()
+
+        return self._in_job_thread(job, what, cancelled)
+
+    def _in_job_thread(self, job, what: str,
+                       cancelled: threading.Event) -> BaseException | None:
+        """Runs ``job`` (Spark actions) in a thread under the feed job group; returns its error.
+
+        The caller waits in ``join``, where Ctrl-C reaches it: the job is then cancelled and
+        given ``CANCEL_WAIT_SECS`` to end before ``KeyboardInterrupt`` goes on up, so an
+        interrupted ``train()`` leaves no feed job running behind it.
+        """
         error: list[BaseException] = []
 
-        def job():
+        def run():
             try:
                 self._sc.setJobGroup(self.job_group, f"tfos {what}", interruptOnCancel=True)
-                if is_dataframe(data):
-                    data.mapInArrow(functools.partial(feed_task.train_arrow, spec),
-                                    "rows long").collect()
-                else:
-                    data.mapPartitionsWithIndex(
-                        functools.partial(feed_task.train_rows, spec)).collect()
+                job()
             except BaseException as exc:  # handed to the caller
                 error.append(exc)
 
-        thread = threading.Thread(target=job, name="tfos-feed-job", daemon=True)
+        thread = threading.Thread(target=run, name="tfos-feed-job", daemon=True)
         self._running.set()
         try:
             thread.start()
             if cancelled.is_set():   # stopped while starting: cancel what just began
                 self._sc.cancelJobGroup(self.job_group)
             thread.join()
+        except KeyboardInterrupt:
+            logger.warning("interrupted: cancelling the Spark job of %s", what)
+            self._sc.cancelJobGroup(self.job_group)
+            thread.join(CANCEL_WAIT_SECS)
+            raise
         finally:
             self._running.clear()
         return error[0] if error else None

@@ -144,29 +144,45 @@ class Feeder:
                 epoch = self._epochs.get(qname, 0)
                 self._epochs[qname] = epoch + 1
             plan = plan_epoch(counts, len(ids), epoch)
-            start = fm.EpochStart(qname, epoch, plan.per_worker)
-            marked = [self._mark(node_id, endpoint, start)
-                      for node_id, endpoint in zip(ids, endpoints)]
-            if not all(marked):
-                if not self._fed_any:
-                    gone = [self.state.nodes[i].label for i in ids if self._exited(i)]
-                    raise FeedJobFailed(
-                        f"node {', '.join(gone) or '?'} returned from map_fun before train() "
-                        "fed it any data, so its share would be lost: in InputMode.SPARK, "
-                        "map_fun must read its feed (ctx.get_data_feed(...)) until should_stop()")
-                logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
-                            qname, epoch)
-                break
-            logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
-                        plan.per_worker, plan.dropped)
-            spec = self._spec(qname, epoch, endpoints, plan, feed_timeout, arrow)
-            self._fed_any = True
             try:
-                self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
-            except FeedJobFailed:
+                if not self._feed_epoch(data, qname, epoch, plan, ids, endpoints, feed_timeout,
+                                        arrow):
+                    break
+            except KeyboardInterrupt:
+                # Ctrl-C (the feed job is cancelled by then): each worker's epoch ends with what
+                # it received, so the nodes wait for nothing and the next train() goes on.
+                logger.warning("interrupted: feed %r epoch %d ends with what each worker "
+                               "received; the TF cluster keeps running", qname, epoch)
                 self._cut(qname, epoch, ids, endpoints)
                 raise
         self._raise_if_failed()
+
+    def _feed_epoch(self, data, qname: str, epoch: int, plan, ids: list[int], endpoints,
+                    feed_timeout: float, arrow: bool) -> bool:
+        """Announces and feeds one epoch; False when the nodes stopped consuming first."""
+        start = fm.EpochStart(qname, epoch, plan.per_worker)
+        marked = [self._mark(node_id, endpoint, start)
+                  for node_id, endpoint in zip(ids, endpoints)]
+        if not all(marked):
+            if not self._fed_any:
+                gone = [self.state.nodes[i].label for i in ids if self._exited(i)]
+                raise FeedJobFailed(
+                    f"node {', '.join(gone) or '?'} returned from map_fun before train() "
+                    "fed it any data, so its share would be lost: in InputMode.SPARK, "
+                    "map_fun must read its feed (ctx.get_data_feed(...)) until should_stop()")
+            logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
+                        qname, epoch)
+            return False
+        logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
+                    plan.per_worker, plan.dropped)
+        spec = self._spec(qname, epoch, endpoints, plan, feed_timeout, arrow)
+        self._fed_any = True
+        try:
+            self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
+        except FeedJobFailed:
+            self._cut(qname, epoch, ids, endpoints)
+            raise
+        return True
 
     def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:
         """After a failed feed job: each worker's epoch ends with what it received, so the

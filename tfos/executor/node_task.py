@@ -16,10 +16,12 @@ Called by the node stage's Spark closure (``node_partition``) or, in tests, dire
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -111,7 +113,24 @@ def _gpu_addresses(task_context) -> list[str] | None:
 
 def node_partition(spec: NodeStageSpec, _rows):
     """The node stage's ``mapPartitions`` function: runs one node, yields its exit code."""
-    yield run_node(spec, SparkBarrier() if spec.config.barrier else SparkTask())
+    with _sigint_ignored():
+        yield run_node(spec, SparkBarrier() if spec.config.barrier else SparkTask())
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C at the driver's terminal reaches every process of a local Spark application (one
+    process group), and PySpark's workers turn it into KeyboardInterrupt: the node task ignores
+    it while it runs its node. The driver decides what an interrupt stops (tfos.driver
+    .interrupts); the TF process runs in a session of its own and never sees it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:

@@ -1,0 +1,72 @@
+"""The nodes' output on the driver (tfos.driver.console): noise left off the stream, every line
+in the node's log file."""
+import io
+
+from tfos.driver.console import NodeOutput, default_log_dir, is_tf_noise
+
+# Printed by every TF 2.21 process on this machine kind at import (copied from a node's output).
+STARTUP = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796006005.086578   24945 port.cc:153] oneDNN custom operations are on. You "
+    "may see slightly different numerical results due to floating-point round-off errors from "
+    "different computation orders. To turn them off, set the environment variable "
+    "`TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1796006005.086873   24945 cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.",
+    "I0000 00:00:1796006005.454927   24485 cpu_feature_guard.cc:227] This TensorFlow binary is "
+    "optimized to use available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other "
+    "operations, rebuild TensorFlow with the appropriate compiler flags.",
+    "E0000 00:00:1796006009.100158   24945 cuda_platform.cc:52] failed call to cuInit: "
+    "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    "W0000 00:00:1796006011.246945   24945 dataset.cc:997] Input of GeneratorDatasetOp::Dataset "
+    "will not be optimized because the dataset does not implement the AsGraphDefInternal() "
+    "method needed to apply optimizations.",
+]
+USER = [
+    "mnist: MultiWorkerMirroredStrategy on chief:0, 4 tfrecord files, 15 steps per epoch",
+    "Epoch 1/3",
+    "15/15 - 2s - loss: 1.9779 - accuracy: 0.4194 - 2s/epoch - 141ms/step",
+    # TF's own warnings that are not start-up noise stay visible.
+    "W0000 00:00:1796006011.3 24945 collective_ops.cc:12] Collective op timed out",
+    "WARNING:tensorflow:Your input ran out of data; interrupting training.",
+    "  port.cc:153] oneDNN custom operations are on (quoted inside the user's own line)",
+    "test accuracy: 0.9499",
+]
+
+
+def test_tensorflow_startup_noise_is_recognised_and_nothing_else():
+    assert all(is_tf_noise(line) for line in STARTUP)
+    assert not any(is_tf_noise(line) for line in USER)
+
+
+def test_the_stream_shows_the_users_lines_and_the_log_file_keeps_every_line(tmp_path):
+    stream = io.StringIO()
+    output = NodeOutput(stream, str(tmp_path / "logs"))
+    mixed = [line for pair in zip(STARTUP, USER) for line in pair]
+    output.write("chief:0@127.0.0.1", "chief-0.log", mixed[:5])
+    output.write("chief:0@127.0.0.1", "chief-0.log", mixed[5:])
+    output.write("worker:0@127.0.0.1", "worker-0.log", ["worker line"])
+    assert stream.getvalue().splitlines() == \
+        [f"[chief:0@127.0.0.1] {line}" for line in USER] + ["[worker:0@127.0.0.1] worker line"]
+    assert (tmp_path / "logs" / "chief-0.log").read_text().splitlines() == mixed
+    assert (tmp_path / "logs" / "worker-0.log").read_text() == "worker line\n"
+    assert output.hidden == len(STARTUP)
+    output.close()
+    output.write("chief:0@127.0.0.1", "chief-0.log", ["after close"])   # dropped, no error
+    assert "after close" not in (tmp_path / "logs" / "chief-0.log").read_text()
+
+
+def test_show_tf_noise_shows_everything_and_an_unwritable_dir_only_costs_the_files(tmp_path):
+    stream = io.StringIO()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    output = NodeOutput(stream, str(blocked / "logs"), show_tf_noise=True)
+    output.write("ps:0@h", "ps-0.log", STARTUP)
+    assert len(stream.getvalue().splitlines()) == len(STARTUP) and output.hidden == 0
+    assert output.log_dir is None
+
+
+def test_default_log_dirs_are_distinct_per_cluster():
+    assert default_log_dir("aaaa1111") != default_log_dir("bbbb2222")
+    assert default_log_dir("aaaa1111").endswith("-aaaa1111")

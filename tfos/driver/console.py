@@ -1,0 +1,101 @@
+"""What the driver does with the nodes' output lines (driver).
+
+Every line a node prints goes, unfiltered, to that node's log file on the driver
+(``<node_log_dir>/<job>-<index>.log``); the lines shown on the driver's stream (``log_stream``,
+prefixed ``[role:index@host]``) leave out TensorFlow's start-up noise: the messages of
+``TF_NOISE``, which every TF process prints at import whatever the user's code does (CUDA
+probing on a host without GPUs, oneDNN and CPU-feature notices, absl's logging preamble). The
+error reports' tail (``NodeFailed.log_tail``) keeps every line. ``show_tf_noise=True``
+(``TFCluster.run`` option) shows everything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from typing import TextIO
+
+logger = logging.getLogger(__name__)
+
+# A line of TensorFlow's C++ logging: severity, date, time, thread id, file:line]
+_GLOG = r"[IWEF]\d{4} [\d:.]+ +\d+ "
+TF_NOISE = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    _GLOG + r"port\.cc:\d+\] oneDNN custom operations are on",
+    _GLOG + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine",
+    _GLOG + r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available",
+    r"To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler",
+    _GLOG + r"cuda_(platform|executor|diagnostics)\.cc:\d+\] (failed call to cuInit|"
+            r"retrieving CUDA diagnostic information|kernel driver does not appear)",
+    _GLOG + r"cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register cu(DNN|FFT|BLAS) factory",
+    _GLOG + r"computation_placer\.cc:\d+\] computation placer already registered",
+    _GLOG + r"gpu_device\.cc:\d+\] Cannot dlopen some GPU libraries",
+    _GLOG + r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
+)
+_NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in TF_NOISE))
+
+
+def is_tf_noise(line: str) -> bool:
+    """True for a line of TensorFlow's start-up noise (``TF_NOISE``)."""
+    return _NOISE.match(line) is not None
+
+
+def default_log_dir(cluster_id: str) -> str:
+    """Where a cluster's node logs go unless ``node_log_dir`` says: the temporary directory."""
+    import tempfile
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(tempfile.gettempdir(), "tfos-logs", f"{stamp}-{cluster_id}")
+
+
+class NodeOutput:
+    """The nodes' output on the driver: a log file per node, filtered lines on ``stream``."""
+
+    def __init__(self, stream: TextIO | None, log_dir: str | None, show_tf_noise: bool = False):
+        self.stream = stream
+        self.log_dir = log_dir
+        self.show_tf_noise = show_tf_noise
+        self.hidden = 0                  # noise lines left off the stream
+        self._files: dict[str, TextIO] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, label: str, file_name: str, lines: list[str]) -> None:
+        """``lines`` of the node ``label`` (``role:index@host``), logged as ``file_name``."""
+        with self._lock:
+            if self._closed:
+                return
+            log = self._file(file_name)
+            if log is not None:
+                log.write("".join(f"{line}\n" for line in lines))
+                log.flush()
+            shown = lines if self.show_tf_noise else [line for line in lines
+                                                      if not is_tf_noise(line)]
+            self.hidden += len(lines) - len(shown)
+            if self.stream is not None and shown:
+                self.stream.write("".join(f"[{label}] {line}\n" for line in shown))
+                self.stream.flush()
+
+    def _file(self, name: str) -> TextIO | None:
+        if self.log_dir is None:
+            return None
+        log = self._files.get(name)
+        if log is None:
+            try:
+                os.makedirs(self.log_dir, exist_ok=True)
+                log = open(os.path.join(self.log_dir, name), "a", encoding="utf-8")
+            except OSError as exc:
+                logger.warning("tfos: cannot write the node log %s in %s (%s); node output "
+                               "goes only to the stream", name, self.log_dir, exc)
+                self.log_dir = None
+                return None
+            self._files[name] = log
+        return log
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for log in self._files.values():
+                log.close()
+            self._files.clear()
