@@ -25,7 +25,10 @@ setup(
         "protobuf",       # tf.train.Example (tfos.core.tfrecord)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "scikit-learn"],
+        # nbclient, nbformat, ipykernel: the notebooks are tested in a real Jupyter kernel.
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "scikit-learn", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
+        "notebooks": ["ipykernel>=6.29"],
         "examples": ["scikit-learn"],
     },
 )

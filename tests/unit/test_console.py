@@ -1,6 +1,7 @@
 """The nodes' output on the driver (tfos.driver.console): noise left off the stream, every line
 in the node's log file."""
 import io
+import itertools
 
 from tfos.driver.console import NodeOutput, default_log_dir, is_tf_noise
 
@@ -22,6 +23,25 @@ STARTUP = [
     "W0000 00:00:1796006011.246945   24945 dataset.cc:997] Input of GeneratorDatasetOp::Dataset "
     "will not be optimized because the dataset does not implement the AsGraphDefInternal() "
     "method needed to apply optimizations.",
+    # A multi-worker cluster's rendezvous (MultiWorkerMirroredStrategy, at start).
+    "I0000 00:00:1796007193.025710    7995 coordination_service.cc:221] Initializing "
+    "CoordinationService",
+    "I0000 00:00:1796007193.028925    7995 grpc_server_lib.cc:467] Started server with target: "
+    "grpc://localhost:33325",
+    "I0000 00:00:1796007193.070532    8016 coordination_service.h:529] /job:chief/replica:0/"
+    "task:0 has connected to coordination service. Incarnation: 17438053458897981428",
+    "I0000 00:00:1796007193.070593    8016 coordination_service.cc:502] Waiting for 1/2 tasks "
+    "to connect.",
+    "I0000 00:00:1796007193.070605    8016 coordination_service.cc:505] Example stragglers:",
+    "/job:worker/replica:0/task:0",
+    "I0000 00:00:1796007193.070878    7995 coordination_service_agent.cc:245] Coordination "
+    "agent has successfully connected.",
+    "I0000 00:00:1796007193.076818    8015 coordination_service.cc:1472] Barrier(WaitForAllTasks"
+    "::3913366059136248162::0) has passed with status: OK",
+    "I0000 00:00:1796007193.255418    7994 generator_dataset_op.cc:213] Memory patch applied: "
+    "M_TRIM_THRESHOLD=128 kb was set.",
+    "I0000 00:00:1796007193.635345    8260 tf_record_dataset_op.cc:390] TFRecordDataset "
+    "`buffer_size` is unspecified, default to 262144",
 ]
 USER = [
     "mnist: MultiWorkerMirroredStrategy on chief:0, 4 tfrecord files, 15 steps per epoch",
@@ -32,6 +52,10 @@ USER = [
     "WARNING:tensorflow:Your input ran out of data; interrupting training.",
     "  port.cc:153] oneDNN custom operations are on (quoted inside the user's own line)",
     "test accuracy: 0.9499",
+    # The rendezvous's errors are not noise.
+    "E0000 00:00:1796007193.1 8016 coordination_service.cc:900] Task /job:worker/replica:0/"
+    "task:1 heartbeat timeout",
+    "/job:worker/replica:0/task:1 is the one I mean",
 ]
 
 
@@ -43,7 +67,7 @@ def test_tensorflow_startup_noise_is_recognised_and_nothing_else():
 def test_the_stream_shows_the_users_lines_and_the_log_file_keeps_every_line(tmp_path):
     stream = io.StringIO()
     output = NodeOutput(stream, str(tmp_path / "logs"))
-    mixed = [line for pair in zip(STARTUP, USER) for line in pair]
+    mixed = [line for pair in itertools.zip_longest(STARTUP, USER) for line in pair if line]
     output.write("chief:0@127.0.0.1", "chief-0.log", mixed[:5])
     output.write("chief:0@127.0.0.1", "chief-0.log", mixed[5:])
     output.write("worker:0@127.0.0.1", "worker-0.log", ["worker line"])

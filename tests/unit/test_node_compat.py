@@ -53,16 +53,21 @@ def test_data_feed_from_ctx_mgr_is_the_nodes_feed(launch_record):
         tfos.TFNode.DataFeed(ctx.mgr, False)
 
 
-def test_compat_exports_a_servable_model_only_from_the_chief(tmp_path):
+def test_compat_exports_a_servable_model_only_from_the_chief(tmp_path, capsys):
     import numpy as np
     import tensorflow as tf
-    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model = tf.keras.Sequential([tf.keras.Input((2,), name="features"),
+                                 tf.keras.layers.Dense(1)])
     model.layers[-1].set_weights([np.array([[3.14], [1.618]], np.float32),
                                   np.zeros(1, np.float32)])
     chief, worker = tmp_path / "chief", tmp_path / "worker"
+    capsys.readouterr()
     tfos.compat.export_saved_model(model, str(chief), is_chief=True)
     tfos.compat.export_saved_model(model, str(worker), is_chief=False)
     assert not worker.exists()
+    # One line from the chief instead of Keras's endpoint listing from every worker.
+    assert capsys.readouterr().out.splitlines() == [
+        f"tfos: SavedModel exported to {chief} (serving_default, inputs ['features'])"]
     serve = tf.saved_model.load(str(chief)).signatures["serving_default"]
     (out,) = serve(tf.constant([[1.0, 1.0]])).values()
     assert out.numpy()[0, 0] == pytest.approx(4.758, abs=1e-4)

@@ -96,9 +96,8 @@ class TFCluster:
         if config.rdma:
             raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
-        # InputMode.SPARK: feed tasks need slots beside the nodes' own.
-        feed_slots = 1 if config.input_mode == InputMode.SPARK else 0
-        preflight.check(sc, config, slots_needed=_slots_needed(config) + feed_slots)
+        held = {c.cluster_id: c._slots for c in cls.running() if c.sc is sc}
+        preflight.check(sc, config, slots_needed=_slots_with_feed(config), held=held)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
         cluster_id = secrets.token_hex(4)
@@ -114,6 +113,8 @@ class TFCluster:
         service = ControlService(state, secret, host,
                                  bind_all=config.bind_all_interfaces).start()
         cluster = cls(sc, config, state, service, cluster_id)
+        with _live_lock:
+            _live[cluster_id] = cluster
         interrupts.protect(sc, cluster.job_group)   # Ctrl-C stops the work, not the cluster
         if config.input_mode == InputMode.SPARK:
             cluster._feeder = Feeder(config, state, secret, service.address,
@@ -241,6 +242,8 @@ class TFCluster:
         self._service.stop()
         self.state.output.close()
         interrupts.release(self.job_group)
+        with _live_lock:
+            _live.pop(self.cluster_id, None)
 
     # -- public ---------------------------------------------------------------------------
     def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600.0,
@@ -289,6 +292,17 @@ class TFCluster:
                  "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
                  "pid": n.pid, "state": n.state.value if n.state else None}
                 for n in self.state.nodes.values()]
+
+    @classmethod
+    def running(cls) -> list["TFCluster"]:
+        """The clusters this driver started and has not shut down yet, oldest first (e.g. the
+        one a notebook cell started before it was run again)."""
+        with _live_lock:
+            return list(_live.values())
+
+    @property
+    def _slots(self) -> int:
+        return _slots_with_feed(self.config)
 
     @property
     def results(self) -> dict[str, Any]:
@@ -359,6 +373,16 @@ class TFCluster:
 def _slots_needed(config: ClusterConfig) -> int:
     """Task slots the nodes need at once: all of them in a barrier stage, else one."""
     return config.num_nodes if config.barrier else 1
+
+
+def _slots_with_feed(config: ClusterConfig) -> int:
+    """The nodes' slots, plus one for a feed task in InputMode.SPARK (beside the nodes')."""
+    return _slots_needed(config) + (1 if config.input_mode == InputMode.SPARK else 0)
+
+
+# The clusters started and not yet shut down in this driver, by id.
+_live: dict[str, "TFCluster"] = {}
+_live_lock = threading.Lock()
 
 
 def _tf_args_gpus(tf_args) -> int | None:

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # A line of TensorFlow's C++ logging: severity, date, time, thread id, file:line]
 _GLOG = r"[IWEF]\d{4} [\d:.]+ +\d+ "
+_INFO = r"I\d{4} [\d:.]+ +\d+ "
 TF_NOISE = (
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     _GLOG + r"port\.cc:\d+\] oneDNN custom operations are on",
@@ -33,6 +34,15 @@ TF_NOISE = (
     _GLOG + r"computation_placer\.cc:\d+\] computation placer already registered",
     _GLOG + r"gpu_device\.cc:\d+\] Cannot dlopen some GPU libraries",
     _GLOG + r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized",
+    # The cluster's rendezvous at start, as INFO: its errors (E...) stay visible.
+    _INFO + r"coordination_service(_agent)?\.(cc|h):\d+\] (Initializing CoordinationService|"
+            r".* has connected to coordination service|Waiting for \d+/\d+ tasks to connect|"
+            r"Example stragglers:|Barrier\(WaitForAllTasks|"
+            r"Coordination agent has successfully connected)",
+    r"/job:[\w-]+/replica:\d+/task:\d+$",   # the straggler named on the line after
+    _INFO + r"grpc_server_lib\.cc:\d+\] Started server with target: ",
+    _INFO + r"generator_dataset_op\.cc:\d+\] Memory patch applied",
+    _INFO + r"tf_record_dataset_op\.cc:\d+\] TFRecordDataset `buffer_size` is unspecified",
 )
 _NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in TF_NOISE))
 

@@ -25,8 +25,10 @@ BARRIER_FAIL_FAST = {
 }
 
 
-def check(sc, config: ClusterConfig, slots_needed: int) -> int:
-    """Runs every check; returns the number of task slots found."""
+def check(sc, config: ClusterConfig, slots_needed: int,
+          held: dict[str, int] | None = None) -> int:
+    """Runs every check; returns the number of task slots found. ``held``: the task slots the
+    application's running tfos clusters keep busy, by cluster id (until their shutdown)."""
     conf = sc.getConf()
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
         raise PreflightError(
@@ -41,7 +43,17 @@ def check(sc, config: ClusterConfig, slots_needed: int) -> int:
                             task_cpus)
     if planned is not None and planned < slots_needed:
         raise PreflightError(_too_few(slots_needed, planned, master, config))
-    return _wait_for_slots(sc, slots_needed, config)
+    busy = sum((held or {}).values())
+    if busy and planned is not None and planned - busy < slots_needed:
+        # Those slots free up only when the other clusters shut down: failing now beats
+        # waiting out the reservation timeout.
+        clusters = ", ".join(f"{cid} ({n} slots)" for cid, n in held.items())
+        raise PreflightError(
+            f"the cluster needs {slots_needed} task slots at once but tfos clusters still running "
+            f"in this application hold {busy} of the {planned} ({clusters}): shut them down "
+            "first (cluster.shutdown(); tfos.TFCluster.running() lists them), or give the "
+            "application more executors or cores")
+    return _wait_for_slots(sc, slots_needed + busy, config)
 
 
 def planned_slots(master: str, instances: str | None, cores: str | None,

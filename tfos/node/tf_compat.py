@@ -5,6 +5,8 @@ module does not load it before ``TF_CONFIG`` is set.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import tempfile
 
@@ -15,14 +17,21 @@ def export_saved_model(model, export_dir: str, is_chief: bool = False) -> None:
     Under a multi-worker strategy every worker must take part in saving (the variables are
     read collectively), but only the chief's copy is kept: the other workers write to a
     private temporary directory that is removed at once (TensorFlowOnSpark left a
-    ``worker_model`` directory in each executor's working directory).
+    ``worker_model`` directory in each executor's working directory). Keras's listing of the
+    exported endpoints is replaced by one line on the chief naming the directory and its
+    signature's inputs and outputs.
     """
     target = export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-worker-model-")
     try:
-        model.export(target)   # Keras 3 and tf-keras (2.13+) alike: an inference SavedModel
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.export(target)   # Keras 3 and tf-keras (2.13+) alike: an inference SavedModel
     finally:
         if not is_chief:
             shutil.rmtree(target, ignore_errors=True)
+    if is_chief:
+        inputs = [getattr(i, "name", "?") for i in getattr(model, "inputs", None) or []]
+        print(f"tfos: SavedModel exported to {export_dir} (serving_default, inputs {inputs})",
+              flush=True)
 
 
 def disable_auto_shard(options) -> None:
