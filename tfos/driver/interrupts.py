@@ -72,6 +72,10 @@ def cancel_unprotected() -> list[int]:
 
 
 def _on_sigint(signum, frame):
+    with _lock:
+        previous = None if _protected else _previous
+    if callable(previous):   # every cluster is gone (released off the main thread): as before
+        return previous(signum, frame)
     cancelled = cancel_unprotected()
     logger.info("interrupted: cancelled Spark jobs %s; the TF clusters keep running",
                 cancelled)
