@@ -70,10 +70,14 @@ class TFCluster:
         keep their meaning; ``driver_ps_nodes`` is not supported (parameter servers run on
         executors) and ``queues`` is accepted and ignored (feeds are created when first used);
         ``release_port=False`` gives each TF process its reserved port as ``ctx.tmp_socket``
-        until it calls ``ctx.release_port()``. ``log_stream``
-        receives every node's output lines prefixed ``[role:index@host]`` (None: keep them only
-        for error reports). Further keyword ``options`` are fields of ``tfos.ClusterConfig``
-        (``driver_host``, ``env``, ``legacy_keras``, ``heartbeat_timeout``, ...).
+        until it calls ``ctx.release_port()``. ``log_stream`` receives the nodes' output
+        lines prefixed ``[role:index@host]``, TensorFlow's start-up noise left out (None: none
+        on the driver); every line goes to the node's log file in ``node_log_dir`` (printed at
+        start) either way. Further keyword ``options`` are fields of ``tfos.ClusterConfig``
+        (``node_log_dir``, ``show_tf_noise``, ``driver_host``, ``env``, ``legacy_keras``,
+        ``heartbeat_timeout``, ...). While the cluster lives, Ctrl-C (SIGINT) in the driver
+        cancels the other Spark jobs (a feed) and raises ``KeyboardInterrupt``, sparing the
+        node stage (``tfos.driver.interrupts``).
         """
         sc = spark_context(sc)
         if log_dir and "://" not in log_dir and not os.path.isabs(log_dir):
