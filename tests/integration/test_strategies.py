@@ -29,7 +29,9 @@ def _write(args, ctx, record):
 
 def mwms_fit(args, ctx):
     import tensorflow as tf
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # The node's resolver alone, without TF_CONFIG (TF code that takes a resolver).
+    os.environ.pop("TF_CONFIG")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=ctx.cluster_resolver())
     with strategy.scope():
         model = _linear_model()
     x, y = _toy_data()
@@ -60,6 +62,7 @@ def pss_fit(args, ctx):
         _, server = ctx.start_cluster_server()
         server.join()
         return
+    os.environ.pop("TF_CONFIG")   # the coordinator's resolver alone tells it the cluster
     strategy = tf.distribute.experimental.ParameterServerStrategy(ctx.cluster_resolver())
     with strategy.scope():
         model = _linear_model()

@@ -77,3 +77,14 @@ def test_compat_exports_a_servable_model_only_from_the_chief(tmp_path, capsys):
         tf.data.experimental.AutoShardPolicy.OFF
     assert tfos.compat.is_gpu_available() == bool(tf.config.list_physical_devices("GPU"))
     assert not [p for p in os.listdir(tmp_path) if p not in ("chief",)]
+
+
+def test_cluster_resolver_comes_from_the_context_not_tf_config(launch_record, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    spec = {"chief": ["a:1"], "worker": ["b:2", "c:3"]}
+    ctx = NodeContext(launch_record(job_name="worker", task_index=1, node_id=2, num_workers=3,
+                                    cluster_spec=spec))
+    resolver = ctx.cluster_resolver()
+    assert resolver.cluster_spec().as_dict() == spec
+    assert (resolver.task_type, resolver.task_id, resolver.rpc_layer) == ("worker", 1, "grpc")
+    assert resolver.master() == "grpc://c:3"

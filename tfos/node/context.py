@@ -76,9 +76,16 @@ class NodeContext:
         return paths.absolute_path(path, self.defaultFS, self.working_dir)
 
     def cluster_resolver(self):
-        """TensorFlow's resolver for this node, read from ``TF_CONFIG``."""
+        """A ``tf.distribute.cluster_resolver.ClusterResolver`` of this node, for TF code that
+        takes one rather than reading ``TF_CONFIG`` (``MultiWorkerMirroredStrategy(
+        cluster_resolver=...)``, ``ParameterServerStrategy(...)``): the cluster spec, this
+        node's task and TensorFlow's gRPC protocol, from the context alone."""
         import tensorflow as tf
-        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        tasks = self.cluster_spec.get(self.job_name, [])
+        own = tasks[self.task_index] if self.task_index < len(tasks) else ""
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(self.cluster_spec), master=own,
+            task_type=self.job_name, task_id=self.task_index, rpc_layer="grpc")
 
     def start_cluster_server(self, num_gpus: int = 0, rdma: bool = False):
         """Starts this node's ``tf.distribute.Server``; returns ``(tf.train.ClusterSpec, server)``.
