@@ -94,3 +94,28 @@ def test_show_tf_noise_shows_everything_and_an_unwritable_dir_only_costs_the_fil
 def test_default_log_dirs_are_distinct_per_cluster():
     assert default_log_dir("aaaa1111") != default_log_dir("bbbb2222")
     assert default_log_dir("aaaa1111").endswith("-aaaa1111")
+
+
+def test_long_waits_say_what_they_wait_for(monkeypatch):
+    import pytest
+
+    from tfos.core.config import ClusterConfig
+    from tfos.core.errors import ReservationTimeout, ShutdownTimeout
+    from tfos.driver import cluster_state
+    monkeypatch.setattr(cluster_state, "NOTE_AFTER", 0.1)
+    monkeypatch.setattr(cluster_state, "NOTE_EVERY", 0.2)
+    stream = io.StringIO()
+    state = cluster_state.ClusterState(ClusterConfig(num_executors=2, master_node="chief"),
+                                       driver_versions=("3", "2"), log_stream=stream)
+    with pytest.raises(ReservationTimeout):
+        state.wait_registered(0.5)
+    notes = stream.getvalue().splitlines()
+    assert 2 <= len(notes) <= 3, notes        # after 0.1 s, then every 0.2 s until 0.5 s
+    assert notes[0].startswith("tfos: waiting for 2 of 2 nodes to start (chief:0, worker:0): ")
+    assert notes[0].endswith("s so far, at most 0 s (reservation_timeout)")
+    stream.truncate(0)
+    stream.seek(0)
+    with pytest.raises(ShutdownTimeout):
+        state.wait_finished(0.3)
+    assert stream.getvalue().startswith("tfos: waiting for chief:0@?, worker:0@? to return "
+                                        "from map_fun")

@@ -101,7 +101,8 @@ class TFCluster:
             raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
         held = {c.cluster_id: c._slots for c in cls.running() if c.sc is sc}
-        preflight.check(sc, config, slots_needed=_slots_with_feed(config), held=held)
+        preflight.check(sc, config, slots_needed=_slots_with_feed(config), held=held,
+                        note=console.NodeOutput(log_stream, None).note)
         host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
         cluster_id = secrets.token_hex(4)

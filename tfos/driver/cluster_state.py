@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 # node_fate: the longest a query waits, and how many may wait at once (the control service
 # has 8 threads, which the heartbeats need).
 MAX_FATE_WAIT = 10.0
+# A wait for the nodes (to start, to finish) longer than this says what it waits for, and
+# again every NOTE_EVERY seconds.
+NOTE_AFTER = 10.0
+NOTE_EVERY = 30.0
 MAX_FATE_WAITERS = 3
 
 
@@ -276,10 +280,21 @@ class ClusterState:
 
     # -- waits ----------------------------------------------------------------------------
     def wait_registered(self, timeout: float) -> None:
-        """Returns once every node registered; raises on failure or at the deadline."""
-        deadline = self._clock() + timeout
+        """Returns once every node registered; raises on failure or at the deadline. A wait
+        longer than ``NOTE_AFTER`` seconds says, on the stream, which nodes it waits for."""
+        start = self._clock()
+        deadline = start + timeout
+        next_note = start + NOTE_AFTER
         with self.changed:
             while len(self.registered) < len(self.nodes):
+                if self._clock() >= next_note:
+                    missing = [n.role.label for i, n in sorted(self.nodes.items())
+                               if i not in self.registered]
+                    self.output.note(
+                        f"waiting for {len(missing)} of {len(self.nodes)} nodes to start "
+                        f"({', '.join(missing)}): {self._clock() - start:.0f} s so far, at "
+                        f"most {timeout:.0f} s (reservation_timeout)")
+                    next_note += NOTE_EVERY
                 self._raise_on_failure("while starting")
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self.job_ended:
@@ -293,14 +308,22 @@ class ClusterState:
                         "executors can reach the driver (spark.driver.host, or TFCluster.run("
                         "driver_host=...)); that no other job holds the executor slots; or raise "
                         "reservation_timeout")
-                self.changed.wait(remaining)
+                self.changed.wait(min(remaining, max(next_note - self._clock(), 0.05)))
 
     def wait_finished(self, timeout: float | None) -> None:
-        """Waits until every node has exited or is only serving; raises on failure/deadline."""
-        deadline = None if timeout is None else self._clock() + timeout
+        """Waits until every node has exited or is only serving; raises on failure/deadline.
+        A wait longer than ``NOTE_AFTER`` seconds says which nodes are still running."""
+        start = self._clock()
+        deadline = None if timeout is None else start + timeout
+        next_note = start + NOTE_AFTER
         with self.changed:
             while self.restarting or not all(n.finished for n in self.nodes.values()):
                 self._raise_on_failure("while running")
+                if self._clock() >= next_note:
+                    running = [n.label for n in self.nodes.values() if not n.finished]
+                    self.output.note(f"waiting for {', '.join(running)} to return from map_fun "
+                                     f"({self._clock() - start:.0f} s so far)")
+                    next_note += NOTE_EVERY
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     running = [n.label for n in self.nodes.values() if not n.finished]
@@ -308,7 +331,8 @@ class ClusterState:
                         f"nodes {', '.join(running)} were still running after timeout={timeout}s;"
                         " they are being stopped. Raise shutdown(timeout=...) if training needs "
                         "longer, or check their output above for a hang")
-                self.changed.wait(remaining)
+                until_note = max(next_note - self._clock(), 0.05)
+                self.changed.wait(until_note if remaining is None else min(remaining, until_note))
             self._raise_on_failure("while running")
 
     def _raise_on_failure(self, when: str) -> None:

@@ -103,6 +103,14 @@ class NodeOutput:
             self._files[name] = log
         return log
 
+    def note(self, text: str) -> None:
+        """A line of tfos's own on the stream (``tfos: ...``): what a long wait waits for,
+        what a feed has done."""
+        with self._lock:
+            if self.stream is not None and not self._closed:
+                self.stream.write(f"tfos: {text}\n")
+                self.stream.flush()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

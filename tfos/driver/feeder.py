@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from rdma import comm as rdma_comm
 from rdma import peer
@@ -30,6 +31,9 @@ from tfos.driver import spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.feed_jobs import is_dataframe
 from tfos.executor.feed_task import FeedSpec, NodeEndpoint
+
+# A fed epoch that took at least this many seconds is reported on the driver's stream.
+NOTE_EPOCHS_OVER = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +181,19 @@ class Feeder:
                     plan.per_worker, plan.dropped)
         spec = self._spec(qname, epoch, endpoints, plan, feed_timeout, arrow)
         self._fed_any = True
+        started = time.monotonic()
         try:
             self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
         except FeedJobFailed:
             self._cut(qname, epoch, ids, endpoints)
             raise
+        seconds = time.monotonic() - started
+        if seconds >= NOTE_EPOCHS_OVER:   # long work says how far it has come
+            left_out = f", {plan.dropped:,} left out" if plan.dropped else ""
+            self.state.output.note(
+                f"fed {qname!r} epoch {epoch}: {plan.per_worker:,} records to each of "
+                f"{len(ids)} workers{left_out} in {seconds:.1f} s "
+                f"({plan.per_worker * len(ids) / seconds:,.0f} records/s)")
         return True
 
     def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:

@@ -14,6 +14,7 @@ import time
 
 from tfos.core.config import ClusterConfig
 from tfos.core.errors import PreflightError
+from tfos.driver.cluster_state import NOTE_AFTER, NOTE_EVERY
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ BARRIER_FAIL_FAST = {
 
 
 def check(sc, config: ClusterConfig, slots_needed: int,
-          held: dict[str, int] | None = None) -> int:
+          held: dict[str, int] | None = None, note=None) -> int:
     """Runs every check; returns the number of task slots found. ``held``: the task slots the
-    application's running tfos clusters keep busy, by cluster id (until their shutdown)."""
+    application's running tfos clusters keep busy, by cluster id (until their shutdown).
+    ``note(text)``: where a long wait for executors says what it waits for."""
     conf = sc.getConf()
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
         raise PreflightError(
@@ -53,7 +55,7 @@ def check(sc, config: ClusterConfig, slots_needed: int,
             f"in this application hold {busy} of the {planned} ({clusters}): shut them down "
             "first (cluster.shutdown(); tfos.TFCluster.running() lists them), or give the "
             "application more executors or cores")
-    return _wait_for_slots(sc, slots_needed + busy, config)
+    return _wait_for_slots(sc, slots_needed + busy, config, note)
 
 
 def planned_slots(master: str, instances: str | None, cores: str | None,
@@ -82,13 +84,20 @@ def available_slots(sc) -> int:
     return int(jsc.maxNumConcurrentTasks(profile))
 
 
-def _wait_for_slots(sc, needed: int, config: ClusterConfig) -> int:
+def _wait_for_slots(sc, needed: int, config: ClusterConfig, note=None) -> int:
     # Executors register asynchronously and Spark exposes no event to Python for it, so this
     # checks the count at a short interval, bounded by slot_wait_timeout.
-    deadline = time.monotonic() + config.slot_wait_timeout
+    start = time.monotonic()
+    deadline = start + config.slot_wait_timeout
+    next_note = start + NOTE_AFTER
     tick = threading.Event()
     slots = available_slots(sc)
     while slots < needed:
+        if note is not None and time.monotonic() >= next_note:
+            note(f"waiting for executors: {slots} of the {needed} task slots so far "
+                 f"({time.monotonic() - start:.0f} s, at most {config.slot_wait_timeout:.0f} s: "
+                 "slot_wait_timeout)")
+            next_note += NOTE_EVERY
         if time.monotonic() >= deadline:
             master = sc.getConf().get("spark.master", "")
             raise PreflightError(_too_few(needed, slots, master, config, waited=True))
