@@ -67,9 +67,11 @@ def test_ctrl_c_during_train_stops_the_feed_and_the_cluster_trains_on():
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
     assert stopped_in < 20, f"train() took {stopped_in:.1f} s to stop after Ctrl-C"
-    # Both nodes lived on: each read part of the interrupted epoch and its 20 rows of the next.
+    # Both nodes lived on: each read its 20 rows of the second train(), after what it had of
+    # the interrupted epoch (a worker whose partitions had not started yet got none of it).
     assert sorted(results) == ["worker:0", "worker:1"]
-    assert all(20 < count < 50_020 for count in results.values()), results
+    assert all(20 <= count < 10_020 for count in results.values()), results
+    assert sum(results.values()) > 40, results
     logs = {name: open(os.path.join(log_dir, name)).read() for name in os.listdir(log_dir)}
     assert sorted(logs) == ["worker-0.log", "worker-1.log"]
     assert all("FIRST BATCH" in text for text in logs.values())
