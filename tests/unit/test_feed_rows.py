@@ -73,3 +73,22 @@ def test_arrow_primitive_columns_are_not_copied():
 def test_bad_arrow_columns_name_partition_row_and_column(column, match):
     with pytest.raises(FeedDataError, match=match):
         arrow_to_columns(pa.record_batch({"c": column}), partition=2, first_row=5)
+
+
+def test_a_list_row_of_thousands_of_values_is_refused_with_the_fix():
+    from tfos.core.feed_rows import MAX_COLUMNS
+    rows = [[float(i)] * 2000 for i in range(3)]      # meant as one vector per row
+    with pytest.raises(FeedDataError, match=r"partition 4, row 10: a row of 2000 fields is "
+                                            r"2000 columns .* numpy array, or the list inside "
+                                            r"a tuple, \(values,\)"):
+        rows_to_columns(rows, 4, 10)
+    (column,) = rows_to_columns([(row,) for row in rows], 4, 10).values()   # the fix works
+    assert column.shape == (3, 2000)
+    # As many columns as allowed still fit one feed message.
+    from tfos.core import feed_codec
+    from tfos.core import feed_messages as fm
+    widest = rows_to_columns([tuple(float(i) for i in range(MAX_COLUMNS))] * 2, 0)
+    assert len(widest) == MAX_COLUMNS
+    message, columns = feed_codec.decode(b"".join(feed_codec.encode(fm.Batch(2, 0), widest)),
+                                         (fm.Batch,), "batch")
+    assert message == fm.Batch(2, 0) and len(columns) == MAX_COLUMNS

@@ -28,11 +28,22 @@ def row_fields(row) -> list[str]:
     return ["0"]
 
 
+# Columns a fed row may have: each column's name, dtype and shape travel in a message header
+# of at most 64 KiB (tfos.core.feed_codec.MAX_HEADER_BYTES).
+MAX_COLUMNS = 512
+
+
 def rows_to_columns(rows: list, partition: int, first_row: int = 0) -> dict[str, np.ndarray]:
     """Columns of ``rows`` (rows ``first_row``... of ``partition``, for error messages)."""
     if not rows:
         return {}
     names = row_fields(rows[0])
+    if len(names) > MAX_COLUMNS:
+        raise FeedDataError(
+            f"partition {partition}, row {first_row}: a row of {len(names)} fields is "
+            f"{len(names)} columns (each element of a tuple or list row is a column of its own), "
+            f"more than the {MAX_COLUMNS} a feed carries. For a vector per row, make it one "
+            "field: a numpy array, or the list inside a tuple, (values,)")
     getters = _getters(rows[0], names)
     columns = {}
     for name, get in zip(names, getters):
