@@ -100,20 +100,18 @@ class TFCluster:
         if config.rdma:
             raise ConfigError(rdma_unavailable())
         payload = pickle_map_fun(map_fun, tf_args)
-        held = {c.cluster_id: c._slots for c in cls.running() if c.sc is sc}
-        preflight.check(sc, config, slots_needed=_slots_with_feed(config), held=held,
-                        note=console.NodeOutput(log_stream, None).note)
-        host = config.driver_host or sc.getConf().get("spark.driver.host")
         cluster: TFCluster | None = None
         cluster_id = secrets.token_hex(4)
         node_log_dir = config.node_log_dir or console.default_log_dir(cluster_id)
-        if log_stream is not None:
-            log_stream.write(f"tfos: cluster {cluster_id}: each node's complete output goes to "
-                             f"{node_log_dir}/<job>-<index>.log\n")
-            log_stream.flush()
         state = ClusterState(config, driver_versions=(python_version(), tensorflow_version()),
                              log_stream=log_stream, log_dir=node_log_dir,
                              on_failure=lambda: cluster is not None and cluster._on_failure())
+        held = {c.cluster_id: _slots_with_feed(c.config) for c in cls.running() if c.sc is sc}
+        preflight.check(sc, config, slots_needed=_slots_with_feed(config), held=held,
+                        note=state.output.note)
+        state.output.note(f"cluster {cluster_id}: each node's complete output goes to "
+                          f"{node_log_dir}/<job>-<index>.log")
+        host = config.driver_host or sc.getConf().get("spark.driver.host")
         secret = auth.new_secret()
         service = ControlService(state, secret, host,
                                  bind_all=config.bind_all_interfaces).start()
@@ -304,10 +302,6 @@ class TFCluster:
         one a notebook cell started before it was run again)."""
         with _live_lock:
             return list(_live.values())
-
-    @property
-    def _slots(self) -> int:
-        return _slots_with_feed(self.config)
 
     @property
     def results(self) -> dict[str, Any]:

@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 # node_fate: the longest a query waits, and how many may wait at once (the control service
 # has 8 threads, which the heartbeats need).
 MAX_FATE_WAIT = 10.0
+MAX_FATE_WAITERS = 3
 # A wait for the nodes (to start, to finish) longer than this says what it waits for, and
 # again every NOTE_EVERY seconds.
 NOTE_AFTER = 10.0
 NOTE_EVERY = 30.0
-MAX_FATE_WAITERS = 3
 
 
 @dataclass
