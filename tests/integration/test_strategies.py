@@ -124,7 +124,10 @@ def test_tf1_between_graph_replication(spark_local_cluster_4x1, tmp_path):
     assert set(records) == {"worker-0", "worker-1"}
     for record in records.values():
         assert record["device"].startswith("/job:ps/task:0")
-        assert record["step"] >= steps - 2
+        assert record["step"] > 0
+    # A worker's last fetch of the shared step is read while the other worker may still be
+    # applying updates, so only the furthest of the two is sure to have seen the end.
+    assert max(r["step"] for r in records.values()) >= steps - 2
     # The two workers shared one global step on the ps: together they did the steps.
     assert sum(r["local_steps"] for r in records.values()) >= steps - 2
     assert abs(records["worker-0"]["w"] - 3.0) < 0.5
