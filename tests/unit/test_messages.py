@@ -58,7 +58,17 @@ def test_round_trip(message):
 def test_wire_form_is_a_versioned_envelope_of_plain_json():
     data = m.encode(m.Heartbeat(node_id=1, state=m.NodeState.RUNNING))
     assert json.loads(data) == {"v": 1, "type": "Heartbeat",
-                                "body": {"node_id": 1, "state": "running"}}
+                                "body": {"node_id": 1, "state": "running", "progress": None}}
+
+
+def test_progress_travels_with_heartbeats():
+    progress = m.Progress({"input": m.FeedProgress(records=1200, epoch=2)}, epoch=1, step=40,
+                          metrics={"loss": 0.25})
+    sent = m.Heartbeat(node_id=1, state=m.NodeState.RUNNING, progress=progress)
+    assert m.decode(m.encode(sent), m.Heartbeat) == sent
+    with pytest.raises(ProtocolError, match="records must be int"):
+        m.decode(wire("Heartbeat", {"node_id": 1, "state": "running", "progress": {
+            "feeds": {"input": {"records": "many", "epoch": 0}}}}), m.Heartbeat)
 
 
 def test_omitted_fields_with_defaults_take_them():

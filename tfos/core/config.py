@@ -94,6 +94,9 @@ class ClusterConfig:
     # Show TensorFlow's start-up noise (tfos.driver.console.TF_NOISE) on the driver's stream
     # too; the node log files always hold every line.
     show_tf_noise: bool = False
+    # No live progress display and none of tfos's own notes ("tfos: waiting for ...") on the
+    # driver's stream; the nodes' lines still show (log_stream=None hides those).
+    quiet: bool = False
     # GPUs each node needs from those Spark's resource scheduling gives its task (None: all it
     # was given, and CUDA_VISIBLE_DEVICES untouched when Spark schedules no GPUs).
     num_gpus: int | None = None

@@ -14,7 +14,9 @@ it came from the driver inside Spark's closure and from the task over a private 
 from the network.
 
 The TF process reports back on its status pipe (``status_fd``), one versioned JSON event per
-line: ``Serving``, ``FeedOpened``, ``FeedStopped``, ``Stalled``, ``Returned``.
+line: ``Serving``, ``FeedOpened``, ``FeedStopped``, ``Stalled``, ``Returned``, and
+``tfos.core.messages.Progress`` (at most one a second), which the task passes on to the
+driver with its heartbeats.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from tfos.core import wire
 from tfos.core.errors import ProtocolError
+from tfos.core.messages import Progress
 
 VERSION = 1
 # How TensorFlow's own tensors move between the nodes. Only TensorFlow's gRPC runtime today;
@@ -140,7 +143,7 @@ class Returned:
     value: str
 
 
-EVENTS = (Serving, FeedOpened, FeedStopped, Stalled, Returned)
+EVENTS = (Serving, FeedOpened, FeedStopped, Stalled, Returned, Progress)
 
 
 def encode_event(event) -> bytes:

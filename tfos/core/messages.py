@@ -49,9 +49,28 @@ class RegisterReply:
 
 
 @dataclass(frozen=True)
+class FeedProgress:
+    """One feed of a node: records it received (every epoch) and the epoch its map_fun reads."""
+    records: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a node has come: its feeds, and the training epoch, step and metrics its code
+    reported (``ctx.report_progress``, ``ctx.progress_callback()``). Sent by the TF process to
+    its task (a status event) and on to the driver with the heartbeats."""
+    feeds: dict[str, FeedProgress] = dataclasses.field(default_factory=dict)
+    epoch: int | None = None
+    step: int | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     node_id: int
     state: NodeState
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,8 @@ class LogLines:
 class NodeStatus:
     """A node's state change; EXITED carries the exit code (negative: killed by that signal),
     ``stopped`` when the driver had ordered the stop (not a failure of the node), and
-    ``result``, map_fun's return value as JSON text, when it returned one."""
+    ``result``, map_fun's return value as JSON text, when it returned one, and its last
+    ``progress``."""
     node_id: int
     state: NodeState
     exit_code: typing.Optional[int] = None
@@ -77,6 +97,7 @@ class NodeStatus:
     stopped: bool = False
     log_tail: list[str] = dataclasses.field(default_factory=list)
     result: typing.Optional[str] = None
+    progress: typing.Optional[Progress] = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from tfos.core import auth
 from tfos.core.config import ClusterConfig, InputMode
 from tfos.core.errors import ClusterFailed, ConfigError, NodeFailed, TfosError
 from tfos.core.runtime import python_version, tensorflow_version
-from tfos.driver import console, interrupts, preflight, spark_errors
+from tfos.driver import console, interrupts, preflight, progress, spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.control_service import ControlService
 from tfos.driver.feed_jobs import SparkFeedJobs
@@ -55,6 +55,8 @@ class TFCluster:
         self._closed = threading.Event()
         self._lifecycle = threading.Lock()   # a restart's relaunch, or the final stop
         self._shutdown_done = False
+        # The live view while run/train/shutdown wait (drawn on terminals and notebooks only).
+        self._display = progress.ProgressDisplay(state, None, None)
 
     @classmethod
     def run(cls, sc, map_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int,
@@ -116,6 +118,8 @@ class TFCluster:
         service = ControlService(state, secret, host,
                                  bind_all=config.bind_all_interfaces).start()
         cluster = cls(sc, config, state, service, cluster_id)
+        kind = None if config.quiet else progress.display_kind(log_stream)
+        cluster._display = progress.ProgressDisplay(state, log_stream, kind, sc)
         with _live_lock:
             _live[cluster_id] = cluster
         interrupts.protect(sc, cluster.job_group)   # Ctrl-C stops the work, not the cluster
@@ -126,7 +130,8 @@ class TFCluster:
         threading.Thread(target=cluster._watch_liveness,
                          name=f"tfos-watchdog-{cluster.cluster_id}", daemon=True).start()
         try:
-            cluster._launch(cluster._spec)
+            with cluster._display.showing(f"starting {config.num_nodes} TF nodes"):
+                cluster._launch(cluster._spec)
         except BaseException:
             cluster._stop_everything()
             raise
@@ -266,7 +271,9 @@ class TFCluster:
             dataRDD.foreachRDD(lambda rdd: rdd.isEmpty() or feeder.train(
                 rdd, num_epochs, feed_timeout, qname))
             return
-        feeder.train(dataRDD, num_epochs, feed_timeout, qname)
+        epochs = f"{num_epochs} epoch{'s' if num_epochs != 1 else ''}"
+        with self._display.showing(f"feeding {qname!r}, {epochs}"):
+            feeder.train(dataRDD, num_epochs, feed_timeout, qname)
 
     def inference(self, dataRDD, feed_timeout: float = 600.0, qname: str = "input",
                   output_schema=None):
@@ -344,12 +351,13 @@ class TFCluster:
         if timeout is not None and timeout < 0:
             timeout = None   # TensorFlowOnSpark's "no limit"
         try:
-            if ssc is not None:
+            with self._display.showing("waiting for the nodes to finish (shutdown)"):
+                if ssc is not None:
+                    self.state.wait_finished(timeout)
+                    ssc.stop(stopSparkContext=False, stopGraceFully=True)
+                if self._feeder is not None:
+                    self._feeder.end_of_data()
                 self.state.wait_finished(timeout)
-                ssc.stop(stopSparkContext=False, stopGraceFully=True)
-            if self._feeder is not None:
-                self._feeder.end_of_data()
-            self.state.wait_finished(timeout)
             if grace_secs > 0:
                 self._closed.wait(grace_secs)
         finally:

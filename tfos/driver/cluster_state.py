@@ -46,6 +46,7 @@ class NodeRecord:
     state: m.NodeState | None = None
     exit_code: int | None = None
     result: str | None = None    # map_fun's return value, as JSON text
+    progress: m.Progress | None = None   # the node's latest (progress display)
     last_seen: float = 0.0
     tail: collections.deque = field(default_factory=collections.deque)
 
@@ -67,7 +68,8 @@ class ClusterState:
         self.config = config
         self._driver_versions = driver_versions
         # Every line to the node's log file in log_dir; all but TF's noise to log_stream.
-        self.output = NodeOutput(log_stream, log_dir, config.show_tf_noise)
+        self.output = NodeOutput(log_stream, log_dir, config.show_tf_noise,
+                                 notes=not config.quiet)
         self._clock = clock
         self._on_failure = on_failure
         self.changed = threading.Condition()
@@ -147,6 +149,8 @@ class ClusterState:
             node = self.nodes.get(msg.node_id)
             if node is not None and msg.node_id in self.registered:
                 node.last_seen = self._clock()
+                if msg.progress is not None:
+                    node.progress = msg.progress
                 # Only a Status message ends a node: it carries the exit code.
                 if node.state != msg.state and m.NodeState.EXITED not in (node.state, msg.state):
                     node.state = msg.state
@@ -176,6 +180,7 @@ class ClusterState:
             if msg.state == m.NodeState.EXITED:
                 node.exit_code = msg.exit_code
                 node.result = msg.result
+                node.progress = msg.progress or node.progress
                 # A reason without an order to stop: the node task stopped it (a stall).
                 if (msg.exit_code != 0 or msg.reason) and not msg.stopped:
                     self._fail(NodeFailed(node.label, node.host,

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,15 @@ def default_log_dir(cluster_id: str) -> str:
 class NodeOutput:
     """The nodes' output on the driver: a log file per node, filtered lines on ``stream``."""
 
-    def __init__(self, stream: TextIO | None, log_dir: str | None, show_tf_noise: bool = False):
+    def __init__(self, stream: TextIO | None, log_dir: str | None, show_tf_noise: bool = False,
+                 notes: bool = True):
         self.stream = stream
+        self.notes = notes
         self.log_dir = log_dir
         self.show_tf_noise = show_tf_noise
         self.hidden = 0                  # noise lines left off the stream
+        # Set while a progress display draws on the stream: text goes through it instead.
+        self.printer: Callable[[str], None] | None = None
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -83,9 +87,8 @@ class NodeOutput:
             shown = lines if self.show_tf_noise else [line for line in lines
                                                       if not is_tf_noise(line)]
             self.hidden += len(lines) - len(shown)
-            if self.stream is not None and shown:
-                self.stream.write("".join(f"[{label}] {line}\n" for line in shown))
-                self.stream.flush()
+            if shown:
+                self._print("".join(f"[{label}] {line}\n" for line in shown))
 
     def _file(self, name: str) -> TextIO | None:
         if self.log_dir is None:
@@ -107,9 +110,17 @@ class NodeOutput:
         """A line of tfos's own on the stream (``tfos: ...``): what a long wait waits for,
         what a feed has done."""
         with self._lock:
-            if self.stream is not None and not self._closed:
-                self.stream.write(f"tfos: {text}\n")
-                self.stream.flush()
+            if self.notes and not self._closed:
+                self._print(f"tfos: {text}\n")
+
+    def _print(self, text: str) -> None:
+        if self.stream is None:
+            return
+        if self.printer is not None:
+            self.printer(text)
+        else:
+            self.stream.write(text)
+            self.stream.flush()
 
     def close(self) -> None:
         with self._lock:

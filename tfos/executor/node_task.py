@@ -184,6 +184,7 @@ class NodeSupervisor:
         self.dropped_lines = 0
         self.failure_reason = ""   # set when the supervisor stops a stalled TF process
         self.result: str | None = None   # map_fun's return value, as JSON text
+        self.progress: m.Progress | None = None   # the TF process's latest, for the driver
 
     def run(self) -> int:
         forwarder = self._thread(self._forward_output)
@@ -230,7 +231,8 @@ class NodeSupervisor:
         stopped = self.stop_ordered.is_set() and not self.failure_reason
         reason = "stopped by the driver" if stopped else self.failure_reason
         self._report_exit(m.NodeStatus(self.role.node_id, m.NodeState.EXITED, exit_code,
-                                       reason, stopped, list(self.tail), self.result))
+                                       reason, stopped, list(self.tail), self.result,
+                                       self.progress))
         if self._runs_tensorboard:
             # Keep TensorBoard up until the driver shuts the cluster down (or is lost).
             self.stop_ordered.wait()
@@ -365,6 +367,7 @@ class NodeSupervisor:
                                                                           event.feed)),
             launch.Stalled: lambda event: self._stalled(event.reason, child),
             launch.Returned: lambda event: setattr(self, "result", event.value),
+            m.Progress: lambda event: setattr(self, "progress", event),
         }
         with os.fdopen(fd, "rb") as pipe:
             for line in pipe:
@@ -392,7 +395,8 @@ class NodeSupervisor:
         last_reply = time.monotonic()
         while not self.finished.wait(self.config.heartbeat_interval):
             try:
-                reply = self.client.heartbeat(m.Heartbeat(self.role.node_id, self.state))
+                reply = self.client.heartbeat(m.Heartbeat(self.role.node_id, self.state,
+                                                          self.progress))
                 last_reply = time.monotonic()
             except DriverUnreachable as exc:
                 if time.monotonic() - last_reply < self.config.heartbeat_timeout:

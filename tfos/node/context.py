@@ -14,6 +14,7 @@ import threading
 from tfos.core import launch, paths
 from tfos.core.errors import ConfigError
 from tfos.core.runtime import hold_port, listen_host
+from tfos.node.progress import ProgressReporter, keras_callback
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class NodeContext:
         self._notify_lock = threading.Lock()
         self._feed_endpoint = record.feed
         self._feed_server = None
+        self._progress = None if record.status_fd is None else ProgressReporter(
+            self._notify, self._feed_progress)
         # TensorFlowOnSpark's release_port=False: the TF port, held until release_port().
         self.tmp_socket: socket.socket | None = (
             hold_port(record.host, record.tf_port) if record.hold_port else None)
@@ -150,6 +153,27 @@ class NodeContext:
         return DataFeed(self._feed_server.queue(qname_in), train_mode, input_mapping,
                         on_terminate=lambda: self._notify(launch.FeedStopped(qname_in)),
                         timeout=timeout)
+
+    def report_progress(self, epoch: int | None = None, step: int | None = None,
+                        **metrics: float) -> None:
+        """Shows this node's training ``epoch``, ``step`` and scalar ``metrics`` (loss=...) in
+        the driver's progress display. Cheap (it only stores them): call it every step if you
+        like; the driver gets the latest once a second. Arguments left out keep their value."""
+        if self._progress is not None:
+            self._progress.report(epoch, step, **metrics)
+
+    def progress_callback(self):
+        """A Keras callback for ``model.fit(..., callbacks=[ctx.progress_callback()])`` that
+        shows epoch, step and the logged metrics in the driver's progress display."""
+        return keras_callback(self.report_progress)
+
+    def close_progress(self) -> None:
+        """Sends the last progress numbers (called once map_fun returned)."""
+        if self._progress is not None:
+            self._progress.close()
+
+    def _feed_progress(self) -> dict:
+        return self._feed_server.progress() if self._feed_server is not None else {}
 
     def report_result(self, value_json: str) -> None:
         """Sends map_fun's return value (JSON text) to the driver, by way of the node task."""

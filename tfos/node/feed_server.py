@@ -22,6 +22,7 @@ from typing import Callable
 
 from tfos.core import feed_codec
 from tfos.core import feed_messages as fm
+from tfos.core import messages as m
 from tfos.core.config import feed_sizes
 from tfos.core.errors import FeedError, ProtocolError
 from tfos.node.feed_queue import Chunk, FeedQueue
@@ -83,6 +84,12 @@ class FeedServer:
             self._ended = dict(last_epochs)
             for q in self._queues.values():
                 q.end_of_data(self._ended.get(q.name, -1))
+
+    def progress(self) -> dict[str, m.FeedProgress]:
+        """Each feed's records received so far and the epoch its reader is in."""
+        with self._lock:
+            queues = list(self._queues.values())
+        return {q.name: m.FeedProgress(q.ever_received, q.current_epoch) for q in queues}
 
     def unread_feeds(self) -> list[tuple[str, int]]:
         """``(feed, records)`` of each feed that received records none of which were read."""

@@ -42,6 +42,7 @@ def main() -> int:
     except BaseException:  # noqa: B036 - report anything map_fun raised, KeyboardInterrupt too
         traceback.print_exc()
         return 1
+    ctx.close_progress()
     unread = ctx.unread_feed_error()
     if unread:
         print(f"tfos: {unread}", file=sys.stderr)
