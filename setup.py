@@ -1,6 +1,10 @@
 """tfos: TensorFlow on Apache Spark."""
 from setuptools import find_packages, setup
 
+# A real S3 server on loopback (moto's, run by flask) for the tfos.files tests, the S3 gallery
+# example and the data benchmark; moto[server] would add some 20 packages S3 does not use.
+LOCAL_S3 = ["moto[s3]>=5.0", "flask", "flask-cors"]
+
 setup(
     name="tfos",
     version="0.1.0",
@@ -23,12 +27,14 @@ setup(
         "psutil",
         "google-crc32c",  # TFRecord framing (tfos.core.tfrecord), in Python workers without TF
         "protobuf",       # tf.train.Example (tfos.core.tfrecord)
+        "fsspec>=2024.6",  # tfos.files: one interface over local, S3 and HDFS files in the nodes
+        "s3fs>=2024.6",    # s3:// and s3a:// for tfos.files
     ],
     extras_require={
         # nbclient, nbformat, ipykernel: the notebooks are tested in a real Jupyter kernel.
         "test": ["pytest>=8", "pytest-timeout", "hypothesis", "scikit-learn", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbformat>=5.10", "ipykernel>=6.29", *LOCAL_S3],
         "notebooks": ["ipykernel>=6.29"],
-        "examples": ["scikit-learn"],
+        "examples": ["scikit-learn", *LOCAL_S3],
     },
 )

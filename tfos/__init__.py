@@ -47,6 +47,7 @@ _LAZY = {
     "TFParallel": ("tfos.driver.parallel", None),
     "dfutil": ("tfos.dfutil", None),
     "pipeline": ("tfos.pipeline", None),
+    "files": ("tfos.node.files", None),
 }
 
 __all__ = ["TFCluster", "InputMode", "TFNode", "TFParallel", "ClusterConfig", "NodeContext",
