@@ -103,6 +103,8 @@ def main_fun(args, ctx):
     # on Spark, into --log_dir when run alone.
     log_dir = ctx.log_dir if ctx is not None else getattr(args, "log_dir", None)
     callbacks = _tensorboard(tf, log_dir) if is_chief and log_dir else []
+    if ctx is not None:   # epoch, step and loss in the driver's progress display
+        callbacks.append(ctx.progress_callback())
     start = time.time()
     model.fit(train_input, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
               callbacks=callbacks, verbose=2 if is_chief else 0)

@@ -50,9 +50,26 @@ def assert_no_tf_noise(lines: list[str]):
     assert not noisy, noisy
 
 
+def assert_progress_table(texts: list[str], activity: str, *row_patterns: str):
+    """A cell shows tfos's progress display for ``activity``, its final frame matching each
+    ``row_patterns`` (a regular expression of one node's row)."""
+    tables = [text for text in texts if f"tfos: {activity}" in text]
+    assert tables, f"no progress display for {activity!r}"
+    frame = tables[-1]
+    for pattern in row_patterns:
+        assert re.search(pattern, frame), frame
+
+
 def test_quickstart_spark_notebook_trains_predicts_and_shows_node_output():
     texts = execute(NOTEBOOKS / "quickstart_spark.ipynb")
     everything = "\n".join(texts)
+    # The progress display, updated in place in the cells that wait: records fed per node while
+    # train() runs, each node's state and the epochs its Keras callback reported at shutdown.
+    assert_progress_table(texts, "feeding 'input', 3 epochs",
+                          r"chief:0@\S+ +│ running +│ +[1-9][\d,]* ")
+    assert_progress_table(texts, "waiting for the nodes to finish",
+                          r"chief:0@\S+ +│ done .*epoch 3 +step \d+ +loss",
+                          r"worker:0@\S+ +│ done ")
     assert re.search(r"TensorBoard: http://[\w.-]+:\d+/", everything), everything[-3000:]
     lines = node_lines(texts)
     assert any(line.endswith("Epoch 1/3") for line in lines), everything[-3000:]
@@ -68,6 +85,8 @@ def test_quickstart_spark_notebook_trains_predicts_and_shows_node_output():
 def test_quickstart_tensorflow_notebook_reads_its_files_and_tfmodel_scores():
     texts = execute(NOTEBOOKS / "quickstart_tensorflow.ipynb")
     everything = "\n".join(texts)
+    assert_progress_table(texts, "waiting for the nodes to finish",
+                          r"chief:0@\S+ +│ done .*epoch \d+ +step \d+ +loss")
     lines = node_lines(texts)
     assert any("tfos: SavedModel exported to" in line for line in lines), everything[-3000:]
     assert not any("Saved artifact" in line for line in lines)

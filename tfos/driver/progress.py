@@ -140,7 +140,7 @@ class ProgressDisplay:
         table = Table(title=f"tfos: {self._activity} ({now - self._since:.0f} s)",
                       title_justify="left", expand=False)
         for name, justify in (("node", "left"), ("state", "left"), ("records fed", "right"),
-                              ("rate/s", "right"), ("feed epoch", "right"),
+                              ("rate/s", "right"), ("epochs read", "right"),
                               ("training", "left")):
             table.add_column(name, justify=justify, no_wrap=True)
         with self.state.changed:
