@@ -91,9 +91,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch_size", type=int, default=64, help="per worker")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
-    # Spark feeds the nodes: without --master, tfos's embedded local-cluster then gives every
-    # executor a second task slot, for the feed task beside its node.
-    parser.set_defaults(input_mode="spark")
+    # chief:0 and worker:0. Spark feeds them: without --master, tfos's embedded local-cluster
+    # then gives every executor a second task slot, for the feed task beside its node.
+    parser.set_defaults(cluster_size=2, input_mode="spark")
     args = parser.parse_args()
     spark = tfos.cli.spark_session(args, app_name="cifar_cnn")
 
