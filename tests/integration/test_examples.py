@@ -24,6 +24,19 @@ def accuracy(output: str, prefix: str = "") -> float:
     return float(found[0])
 
 
+# What the mnist example itself prints on a node (its own lines and Keras' verbose=2 ones);
+# anything else from a node (TensorFlow's start-up noise) must stay off the driver's stream.
+EXAMPLE_LINES = re.compile(r"mnist: .*|Epoch \d+/\d+|\d+/\d+ - .*|test accuracy: [0-9.]+|"
+                           r"tfos: SavedModel exported to .*")
+
+
+def assert_only_example_lines(output: str):
+    node_lines = re.findall(r"^\[(?:chief|worker|ps):\d+@[\w.-]+\] (.*)$", output, re.M)
+    assert node_lines, output[-4000:]
+    foreign = [line for line in node_lines if not EXAMPLE_LINES.fullmatch(line)]
+    assert not foreign, foreign
+
+
 @pytest.fixture(scope="module")
 def mnist_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist")
@@ -41,6 +54,7 @@ def test_on_spark_three_nodes(mnist_data, num_ps, chief):
     output = run(MNIST / "mnist_spark.py", "--cluster_size", 3, "--num_ps", num_ps,
                  "--data_dir", mnist_data, "--master", "local-cluster[3,1,1024]")
     assert accuracy(output, chief) > 0.9
+    assert_only_example_lines(output)   # what scripts/run_example.sh shows
 
 
 def test_fed_by_spark_then_inference_on_the_saved_model(mnist_data, tmp_path):

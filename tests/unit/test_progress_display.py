@@ -180,3 +180,17 @@ def test_the_keras_callback_reports_epochs_from_one_and_steps_with_metrics():
     steps = [r["step"] for r in reports if "step" in r]
     assert steps == [1, 2, 3, 4]
     assert all("loss" in r for r in reports if "step" in r)
+
+
+def test_without_batch_hooks_the_callback_reports_epochs_only():
+    import numpy as np
+    import tensorflow as tf
+    reports: list[dict] = []
+    callback = keras_callback(lambda **kw: reports.append(kw), batches=False)
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.zeros((8, 2), np.float32)
+    model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0, callbacks=[callback])
+    # What Keras checks under ParameterServerStrategy: no batch hook overridden.
+    assert type(callback).on_train_batch_end is tf.keras.callbacks.Callback.on_train_batch_end
+    assert [r["epoch"] for r in reports] == [1, 1, 2, 2] and "loss" in reports[-1]

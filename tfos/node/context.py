@@ -164,8 +164,10 @@ class NodeContext:
 
     def progress_callback(self):
         """A Keras callback for ``model.fit(..., callbacks=[ctx.progress_callback()])`` that
-        shows epoch, step and the logged metrics in the driver's progress display."""
-        return keras_callback(self.report_progress)
+        shows epoch, step and the logged metrics in the driver's progress display. In a cluster
+        with parameter servers it reports epochs only: Keras refuses per-step callbacks under
+        ParameterServerStrategy."""
+        return keras_callback(self.report_progress, batches="ps" not in self.cluster_spec)
 
     def close_progress(self) -> None:
         """Sends the last progress numbers (called once map_fun returned)."""

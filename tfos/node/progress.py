@@ -81,29 +81,31 @@ class ProgressReporter:
                 self._stop.set()
 
 
-def keras_callback(report: Callable[..., None]):
+def keras_callback(report: Callable[..., None], batches: bool = True):
     """A Keras callback that reports epoch, step and the logged metrics through ``report``.
 
     Built on the Keras that ``tf.keras`` is in this process (tf-keras in the nodes by default,
-    Keras 3 with ``legacy_keras=False``), so ``model.fit`` accepts it.
+    Keras 3 with ``legacy_keras=False``), so ``model.fit`` accepts it. ``batches=False`` leaves
+    out the per-step hook, which Keras refuses under ParameterServerStrategy: epochs only.
     """
     import tensorflow as tf
 
-    class ProgressCallback(tf.keras.callbacks.Callback):
+    class EpochProgress(tf.keras.callbacks.Callback):
         """Reports training progress to the tfos driver (``ctx.progress_callback()``)."""
-
-        def __init__(self):
-            super().__init__()
-            self._step = 0
 
         def on_epoch_begin(self, epoch, logs=None):
             report(epoch=epoch + 1)   # counted from 1, as Keras prints "Epoch 1/3"
+
+        def on_epoch_end(self, epoch, logs=None):
+            report(epoch=epoch + 1, **(logs or {}))
+
+    class StepProgress(EpochProgress):
+        def __init__(self):
+            super().__init__()
+            self._step = 0
 
         def on_train_batch_end(self, batch, logs=None):
             self._step += 1
             report(step=self._step, **(logs or {}))
 
-        def on_epoch_end(self, epoch, logs=None):
-            report(epoch=epoch + 1, **(logs or {}))
-
-    return ProgressCallback()
+    return StepProgress() if batches else EpochProgress()
