@@ -77,9 +77,9 @@ def _announced_endpoint(child):
         if line.startswith(READY):
             return line[len(READY):].strip()
         if ready and not line:     # its output ended: the server exited
-            raise RuntimeError("local_s3: the server exited (code %s) before serving: is moto "
-                               "installed? pip install 'moto[s3]' flask flask-cors"
-                               % child.wait(timeout=10))
+            raise RuntimeError("local_s3: the server exited (code %s) before serving, for the "
+                               "reason printed above (moto missing? pip install 'moto[s3]' "
+                               "flask flask-cors)" % child.wait(timeout=10))
     raise RuntimeError("local_s3: the server did not start within %d s" % START_TIMEOUT)
 
 
