@@ -275,13 +275,22 @@ def test_a_checkpoint_saved_locally_goes_up_to_s3_and_comes_back(s3, tmp_path): 
         files.download_dir(s3.uri("absent"), str(tmp_path / "none"))
 
 
-def test_without_credentials_the_error_says_which_variables_to_set(s3, monkeypatch):  # noqa: F811
+def test_without_credentials_the_error_says_which_variables_to_set(s3, s3_records,  # noqa: F811
+                                                                     monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     with pytest.raises(ConfigError, match="no AWS credentials.*AWS_ACCESS_KEY_ID and "
                                           "AWS_SECRET_ACCESS_KEY.*spark.executorEnv"):
+        files.list_files(s3_records)
+
+
+def test_an_endpoint_that_does_not_answer_is_named(s3, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")   # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")                     # botocore: no retries
+    with pytest.raises(ConfigError, match="the S3 endpoint does not answer .*check "
+                                          "AWS_ENDPOINT_URL \\(http://127.0.0.1:9\\)"):
         files.list_files(s3.uri("records"))
 
 
@@ -294,10 +303,11 @@ def test_s3_settings_come_from_the_standard_variables():
     assert options["client_kwargs"] == {"region_name": "eu-west-3"}
 
 
-def test_the_service_specific_endpoint_variable_reaches_the_server(s3, monkeypatch):  # noqa: F811
+def test_the_service_specific_endpoint_variable_reaches_the_server(s3, s3_records,  # noqa: F811
+                                                                    monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")   # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
-    assert files.list_files(s3.uri("records/part-00000.tfrecord"))
+    assert files.list_files(f"{s3_records}/part-00000.tfrecord")
 
 
 def test_a_missing_package_is_named_with_the_install_command():
