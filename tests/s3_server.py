@@ -62,8 +62,9 @@ def local_s3(bucket: str = BUCKET) -> Iterator[LocalS3]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3() -> Iterator[LocalS3]:
-    """moto's S3 server on 127.0.0.1 with the bucket ``tfos-test``, for the whole session."""
+    """moto's S3 server on 127.0.0.1 with the bucket ``tfos-test``, for one test module (each
+    module that imports the fixture has its own; the variables are restored after it)."""
     with local_s3() as server:
         yield server

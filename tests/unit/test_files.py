@@ -267,6 +267,10 @@ def test_a_checkpoint_saved_locally_goes_up_to_s3_and_comes_back(s3, tmp_path): 
     restored = tf.Variable([0.0, 0.0, 0.0])
     tf.train.Checkpoint(w=restored).restore(tf.train.latest_checkpoint(str(tmp_path / "back")))
     assert list(restored.numpy()) == [1.0, 2.0, 3.0]
+    # The same to a local directory (file://), e.g. shared storage every node mounts.
+    local = files.upload_dir(str(tmp_path / "local"), f"file://{tmp_path}/copy")
+    assert sorted(os.listdir(tmp_path / "copy")) == sorted(os.listdir(tmp_path / "local"))
+    assert f"file://{tmp_path}/copy/checkpoint" in local
     with files.open(s3.uri("ckpt/note.txt"), "wb") as out:
         out.write(b"hello")
     with files.open(s3.uri("ckpt/note.txt")) as back:

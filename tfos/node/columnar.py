@@ -36,8 +36,11 @@ def schema(uri: str, format: str, columns: Sequence[str] | None,  # noqa: A002
 
 def tensor_specs(tf, schema, uri: str) -> dict:
     """What each yielded batch holds: ``{column: TensorSpec((rows,) or (rows, width))}``."""
-    return {field.name: tf.TensorSpec((None, None) if vector else (None,), dtype)
-            for field in schema for dtype, vector in [_tf_type(tf, field, uri)]}
+    specs = {}
+    for field in schema:
+        dtype, vector = _tf_type(tf, field, uri)
+        specs[field.name] = tf.TensorSpec((None, None) if vector else (None,), dtype)
+    return specs
 
 
 def batches(uri: bytes, format: str, schema, buffer_size: int) -> Iterator[dict]:  # noqa: A002
