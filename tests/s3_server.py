@@ -3,13 +3,15 @@
 ``local_s3()`` starts it in a thread of this process (werkzeug, the S3 REST protocol over
 HTTP), points the standard AWS variables of ``os.environ`` at it for as long as it runs (so
 s3fs, boto3 and the Spark executors and TF nodes started meanwhile find it), and creates a
-bucket. Test modules take the ``s3`` fixture with ``from s3_server import s3  # noqa: F401``.
+bucket in an empty store. Test modules take the ``s3`` fixture with
+``from s3_server import s3  # noqa: F401``.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import urllib.request
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -50,6 +52,10 @@ def local_s3(bucket: str = BUCKET) -> Iterator[LocalS3]:
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
+        # moto keeps its buckets in module state that every server of a process shares: start
+        # from none, whatever an earlier server left.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset",
+                                                      method="POST"), timeout=30).close()
         s3 = LocalS3(endpoint, env, bucket)
         s3.filesystem().mkdir(bucket)
         yield s3
