@@ -254,6 +254,8 @@ def test_parquet_columns_vectors_and_what_is_refused(s3, launch_record):  # noqa
 def test_an_unknown_format_is_refused(local_records):
     with pytest.raises(ConfigError, match="format='json': use one of"):
         files.dataset(local_records, format="json")
+    with pytest.raises(ConfigError, match="columns=\\['a'\\] with format='tfrecord'"):
+        files.dataset(local_records, columns=["a"])
 
 
 # -- writing, credentials, configuration ------------------------------------------------------

@@ -106,6 +106,9 @@ def dataset(pattern: str | Sequence[str], ctx=None, format: str = "tfrecord",  #
     import tensorflow as tf
     if format not in FORMATS:
         raise ConfigError(f"format={format!r}: use one of {FORMATS}")
+    if columns is not None and format in ("tfrecord", "text"):
+        raise ConfigError(f"columns={list(columns)} with format={format!r}: only CSV and "
+                          "Parquet files have columns (parse the records with tf.io instead)")
     files = list_files(pattern, ctx)
     if not files:
         raise ConfigError(f"no files to read: {pattern!r} names none")
