@@ -29,6 +29,7 @@ setup(
         "protobuf",       # tf.train.Example (tfos.core.tfrecord)
         "fsspec>=2024.6",  # tfos.files: one interface over local, S3 and HDFS files in the nodes
         "s3fs>=2024.6",    # s3:// and s3a:// for tfos.files
+        "rich>=13",        # the driver's live progress display (terminal and notebook)
     ],
     extras_require={
         # nbclient, nbformat, ipykernel: the notebooks are tested in a real Jupyter kernel.
