@@ -89,11 +89,11 @@ def train_on_stream(spark, cluster, args, landing_dir):
     examples = stream.mapInPandas(example_rows, "x array<float>, y float")
 
     def train_micro_batch(batch_df, batch_id):      # runs on the driver, once per micro-batch
-        if batch_df.isEmpty():
-            return                                   # train() needs a row for every worker
         batch_df.persist()                           # tfos reads it twice: count, then feed
-        cluster.train(batch_df, num_epochs=1)
-        print(f"streaming: fed micro-batch {batch_id} ({batch_df.count()} rows)", flush=True)
+        rows = batch_df.count()
+        if rows >= args.cluster_size:                # train() needs a row for every worker
+            cluster.train(batch_df, num_epochs=1)
+            print(f"streaming: fed micro-batch {batch_id} ({rows} rows)", flush=True)
         batch_df.unpersist()
 
     # availableNow: every file there now, one per micro-batch, then the query stops by itself.

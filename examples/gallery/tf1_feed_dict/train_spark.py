@@ -13,7 +13,7 @@ Usage (from the repository root)::
 
     export SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$PWD/.venv/bin/python
     python examples/gallery/tf1_feed_dict/train_spark.py --cluster_size 3 --num_ps 1 \\
-        --master "local[5]" --rows 20000 --epochs 3
+        --master "local[4]" --rows 20000 --epochs 3
 """
 import os
 import time
@@ -75,7 +75,7 @@ def main_fun(args, ctx):
 
     feed = TFNode.DataFeed(ctx.mgr)                  # this worker's rows, as Spark feeds them
     test_points, test_labels = make_points(2000, seed=12345)
-    start, local_steps = time.time(), 0
+    start, local_steps, rows = time.time(), 0, 0
     with tf1.train.MonitoredTrainingSession(master=server.target, is_chief=is_chief,
                                            config=config) as sess:
         while not feed.should_stop():                # until every epoch Spark feeds is read
@@ -85,11 +85,11 @@ def main_fun(args, ctx):
             points, labels = zip(*batch)
             _, step, batch_loss = sess.run([train_op, global_step, loss],
                                            feed_dict={x: points, y_: labels})
-            local_steps += 1
+            local_steps, rows = local_steps + 1, rows + len(labels)
             if local_steps % args.log_every == 0:
                 print(f"tf1_feed_dict: step {step}: loss {batch_loss:.4f}")
         test_accuracy = sess.run(accuracy, feed_dict={x: test_points, y_: test_labels})
-    print(f"tf1_feed_dict: {local_steps} steps in {time.time() - start:.1f} s")
+    print(f"tf1_feed_dict: {local_steps} steps ({rows} rows) in {time.time() - start:.1f} s")
     print(f"tf1_feed_dict: test accuracy {test_accuracy:.4f} (chance about 0.33)")
 
 
