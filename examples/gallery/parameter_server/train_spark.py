@@ -73,7 +73,7 @@ def main_fun(args, ctx):
         model = build_model(tf)
 
     def dataset_fn(input_context):
-        # Built on every worker, each with its own seed; a step takes one worker's batch.
+        # Called for each worker, with its own seed; the dataset runs on that worker.
         x, y = make_clicks(args.rows, args.seed + input_context.input_pipeline_id)
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(args.rows).repeat() \
             .batch(args.batch_size).prefetch(2)

@@ -109,8 +109,9 @@ if __name__ == "__main__":
     parser.add_argument("--rows_per_batch", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=32, help="per worker")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--landing_dir", help="where the stream's files land (default: a new "
-                        "temporary directory; on a cluster, a directory every executor reads)")
+    parser.add_argument("--landing_dir", help="where each run makes the directory its stream's "
+                        "files land in (default: the system's temporary directory; on a "
+                        "cluster, one that every executor reads)")
     # chief:0 and worker:0. Spark feeds them: without --master, tfos's embedded local-cluster
     # then gives every executor a second task slot, for the feed task beside its node.
     parser.set_defaults(cluster_size=2, input_mode="spark")
@@ -119,7 +120,7 @@ if __name__ == "__main__":
 
     cluster = tfos.TFCluster.run(spark, main_fun, args, num_executors=args.cluster_size,
                                  input_mode=tfos.InputMode.SPARK, master_node="chief")
-    with tempfile.TemporaryDirectory(prefix="streaming-") as landing_dir:
-        train_on_stream(spark, cluster, args, args.landing_dir or landing_dir)
+    with tempfile.TemporaryDirectory(prefix="streaming-", dir=args.landing_dir) as landing_dir:
+        train_on_stream(spark, cluster, args, landing_dir)
     cluster.shutdown()
     spark.stop()

@@ -95,8 +95,8 @@ def main_fun(args):
 
     test = make_table(4000, seed=12345)
     _, accuracy = model.evaluate(dict(test[FEATURES]), test["label"], verbose=0)
-    print(f"wide_deep: test accuracy {accuracy:.4f} "
-          f"(always guessing the majority: {max(test['label'].mean(), 1 - test['label'].mean()):.4f})")
+    majority = max(test["label"].mean(), 1 - test["label"].mean())
+    print(f"wide_deep: test accuracy {accuracy:.4f} (always guessing the majority: {majority:.4f})")
 
 
 if __name__ == "__main__":
