@@ -103,7 +103,12 @@ def left_behind() -> list[str]:
 
 
 def output(outputs, example: str, script: str) -> str:
-    return outputs[example][script].result()
+    text = outputs[example][script].result()
+    # On the driver, the nodes show only their own lines: TensorFlow's C++ log lines (start-up,
+    # rendezvous, session clean-up) are left off (they stay in the node log files).
+    glog = re.findall(r"^\[\w+:\d+@[^\]]+\] [IWEF]\d{4} [\d:.]+ .*$", text, re.MULTILINE)
+    assert not glog, glog
+    return text
 
 
 def numbers(pattern: str, text: str) -> list[float]:

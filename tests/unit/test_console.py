@@ -42,6 +42,24 @@ STARTUP = [
     "M_TRIM_THRESHOLD=128 kb was set.",
     "I0000 00:00:1796007193.635345    8260 tf_record_dataset_op.cc:390] TFRecordDataset "
     "`buffer_size` is unspecified, default to 262144",
+    # Parameter servers and TF1 between-graph replication (copied from their nodes' logs).
+    "I0000 00:00:1796018107.843897   30028 eager_service_impl.cc:349] Creating sync eager "
+    "service context with rendezvous_id on host vm /job:ps/replica:0/task:0",
+    "I0000 00:00:1796015218.1 19725 master.cc:243] Scanning workers for devices: 2 total workers",
+    "I0000 00:00:1796015218.2 19725 mlir_graph_optimization_pass.cc:437] MLIR V1 optimization "
+    "pass is not enabled",
+    "I0000 00:00:1796015223.449577   19725 kernel_and_device.cc:101] Ignoring error status when "
+    "releasing multi-device function handle UNIMPLEMENTED: Releasing a multi-device component "
+    "handle on a remote device is not yet implemented.",
+    "W0000 00:00:1796015223.5 19725 local_rendezvous.cc:412] Local rendezvous is aborting with "
+    "status: ABORTED: Cleanup 82280651573471124 [type.googleapis.com/tensorflow.DerivedStatus='']",
+]
+# ParameterServerStrategy's ps and workers dump their session options at start.
+SESSION_DUMP = [
+    "I0000 00:00:1796015218.110219   19725 eager_service_impl.cc:355] SessionOptions: "
+    "goo.gle/debugonly    ",
+    "device_count {", '  key: "CPU"', "  value: 1", "}", "allow_soft_placement: true",
+    "experimental {", '  collective_group_leader: "/job:worker/replica:0/task:0"', "}", "",
 ]
 USER = [
     "mnist: MultiWorkerMirroredStrategy on chief:0, 4 tfrecord files, 15 steps per epoch",
@@ -79,6 +97,17 @@ def test_the_stream_shows_the_users_lines_and_the_log_file_keeps_every_line(tmp_
     output.close()
     output.write("chief:0@127.0.0.1", "chief-0.log", ["after close"])   # dropped, no error
     assert "after close" not in (tmp_path / "logs" / "chief-0.log").read_text()
+
+
+def test_a_session_options_dump_is_left_off_whole_even_across_batches():
+    stream = io.StringIO()
+    output = NodeOutput(stream, None)
+    output.write("ps:0@h", "ps-0.log", ["before"] + SESSION_DUMP[:4])
+    output.write("worker:0@h", "worker-0.log", ["another node's line", "}"])
+    output.write("ps:0@h", "ps-0.log", SESSION_DUMP[4:] + ["after", "}"])
+    assert stream.getvalue().splitlines() == [
+        "[ps:0@h] before", "[worker:0@h] another node's line", "[worker:0@h] }",
+        "[ps:0@h] after", "[ps:0@h] }"]
 
 
 def test_show_tf_noise_shows_everything_and_an_unwritable_dir_only_costs_the_files(tmp_path):

@@ -36,6 +36,29 @@ def test_next_batch_returns_rows_and_should_stop_at_the_end():
     assert feed.next_batch(4) == []
 
 
+def put_rows(q: FeedQueue, start: int, size: int, epoch: int = 0) -> None:
+    x = np.arange(start, start + size, dtype=np.float32)
+    q.put(Chunk({"x": x}, size, epoch, x.nbytes))
+
+
+def test_a_training_batch_waits_for_all_its_rows_an_inference_batch_does_not():
+    q = FeedQueue("train", 1 << 20)
+    q.announce_epoch(0, 10)
+    put_rows(q, 0, 3)
+    taken = []
+    reader = threading.Thread(target=lambda: taken.append(DataFeed(q).next_batch(5)))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()          # 3 of its 5 rows came: it waits (TensorFlowOnSpark's way)
+    put_rows(q, 3, 7)
+    reader.join(5)
+    assert [row[0] for row in taken[0]] == [0, 1, 2, 3, 4]
+    q = FeedQueue("predict", 1 << 20)
+    q.announce_epoch(0, 10)
+    put_rows(q, 0, 3)
+    assert len(DataFeed(q, train_mode=False).next_batch(5)) == 3   # results are awaited
+
+
 def test_input_mapping_gives_tensor_names_to_columns():
     feed = DataFeed(feeding([[4]]), input_mapping={"image": "x", "label": "y"})
     batch = feed.next_batch(2)

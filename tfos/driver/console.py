@@ -43,13 +43,50 @@ TF_NOISE = (
     _INFO + r"grpc_server_lib\.cc:\d+\] Started server with target: ",
     _INFO + r"generator_dataset_op\.cc:\d+\] Memory patch applied",
     _INFO + r"tf_record_dataset_op\.cc:\d+\] TFRecordDataset `buffer_size` is unspecified",
+    # Parameter servers and TF1 between-graph replication: start-up and session clean-up.
+    _INFO + r"eager_service_impl\.cc:\d+\] Creating sync eager service context",
+    _INFO + r"master\.cc:\d+\] Scanning workers for devices",
+    _INFO + r"mlir_graph_optimization_pass\.cc:\d+\] MLIR V1 optimization pass is not enabled",
+    _INFO + r"kernel_and_device\.cc:\d+\] Ignoring error status when releasing multi-device "
+            r"function handle UNIMPLEMENTED",
+    _GLOG + r"local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: ABORTED: "
+            r"Cleanup",
 )
+# A remote eager context's session options, dumped as a protobuf text of many lines up to an
+# empty one (ParameterServerStrategy's ps and workers, at start): left off with its body.
+SESSION_DUMP = _INFO + r"eager_service_impl\.cc:\d+\] SessionOptions: "
+MAX_DUMP_LINES = 100
 _NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in TF_NOISE))
+
+
+_DUMP = re.compile(SESSION_DUMP)
 
 
 def is_tf_noise(line: str) -> bool:
     """True for a line of TensorFlow's start-up noise (``TF_NOISE``)."""
     return _NOISE.match(line) is not None
+
+
+class NoiseFilter:
+    """The lines of one node's output that are not TensorFlow's noise: ``TF_NOISE`` lines, and
+    the ``SESSION_DUMP`` header with the lines of its body (up to an empty line, at most
+    ``MAX_DUMP_LINES``), which may arrive over several calls."""
+
+    def __init__(self):
+        self._in_dump = 0   # body lines left off so far, while in a dump
+
+    def shown(self, lines: list[str]) -> list[str]:
+        kept = []
+        for line in lines:
+            if self._in_dump:
+                self._in_dump = 0 if not line.strip() or self._in_dump >= MAX_DUMP_LINES \
+                    else self._in_dump + 1
+                continue
+            if _DUMP.match(line):
+                self._in_dump = 1
+            elif not is_tf_noise(line):
+                kept.append(line)
+        return kept
 
 
 def default_log_dir(cluster_id: str) -> str:
@@ -72,6 +109,7 @@ class NodeOutput:
         # Set while a progress display draws on the stream: text goes through it instead.
         self.printer: Callable[[str], None] | None = None
         self._files: dict[str, TextIO] = {}
+        self._filters: dict[str, NoiseFilter] = {}   # per node (its log file's name)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -84,8 +122,10 @@ class NodeOutput:
             if log is not None:
                 log.write("".join(f"{line}\n" for line in lines))
                 log.flush()
-            shown = lines if self.show_tf_noise else [line for line in lines
-                                                      if not is_tf_noise(line)]
+            if self.show_tf_noise:
+                shown = lines
+            else:
+                shown = self._filters.setdefault(file_name, NoiseFilter()).shown(lines)
             self.hidden += len(lines) - len(shown)
             if shown:
                 self._print("".join(f"[{label}] {line}\n" for line in shown))

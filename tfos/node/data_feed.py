@@ -37,7 +37,11 @@ class DataFeed:
         """
         if batch_size < 1:
             raise FeedUsageError(f"batch_size={batch_size}: must be at least 1")
-        pieces = self.queue.take(batch_size, within_epoch, self._timeout)
+        # Training batches are whole until the feed ends (TensorFlowOnSpark's next_batch), so
+        # every worker of a synchronous loop takes the same number of steps; inference hands
+        # out what arrived, as its rows' results are awaited.
+        fill = self.train_mode and not within_epoch
+        pieces = self.queue.take(batch_size, within_epoch, self._timeout, fill=fill)
         if pieces is None:
             self._stopped = True
             return None
@@ -47,8 +51,9 @@ class DataFeed:
 
     # -- TensorFlowOnSpark's API ------------------------------------------------------------
     def next_batch(self, batch_size: int):
-        """Up to ``batch_size`` items: a list of rows, or with ``input_mapping`` a dict of
-        tensor name -> array of that column. Empty once the feed is over."""
+        """``batch_size`` items (fewer only in the last batch of the feed, or in inference
+        mode): a list of rows, or with ``input_mapping`` a dict of tensor name -> array of that
+        column. Empty once the feed is over."""
         columns = self.next_columns(batch_size)
         if not columns:
             return {} if self.input_mapping else []

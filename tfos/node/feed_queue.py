@@ -173,12 +173,13 @@ class FeedQueue:
         return self._terminated or (self._last_epoch is not None
                                     and self._current > self._last_epoch)
 
-    def take(self, max_rows: int, within_epoch: bool,
-             timeout: float | None = None) -> list[tuple[Chunk, int, int]] | None:
+    def take(self, max_rows: int, within_epoch: bool, timeout: float | None = None,
+             fill: bool = False) -> list[tuple[Chunk, int, int]] | None:
         """Up to ``max_rows`` rows as ``(chunk, start, stop)`` slices, in arrival order.
 
         Returns ``[]`` at the end of an epoch when ``within_epoch`` (once per epoch), and None
-        when the feed is over. Blocks until rows arrive (``timeout``: FeedError).
+        when the feed is over. Blocks until rows arrive (``timeout``: FeedError); with ``fill``,
+        until ``max_rows`` arrived or the feed is over (only its last batch is short).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pieces: list[tuple[Chunk, int, int]] = []
@@ -210,7 +211,7 @@ class FeedQueue:
                         self._buffered -= chunk.nbytes
                         self._cond.notify_all()
                     continue
-                if pieces and not within_epoch:
+                if pieces and not within_epoch and not fill:
                     return pieces  # hand out what we have rather than wait for more
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -15,7 +15,6 @@ Usage (from the repository root)::
     python examples/gallery/parameter_server/train_spark.py --cluster_size 4 --num_ps 1 \\
         --master "local[4]"
 """
-import os
 import time
 
 import numpy as np
@@ -52,8 +51,6 @@ def build_model(tf):
 
 def main_fun(args, ctx):
     # Runs on every node, with TF_CONFIG and TF_USE_LEGACY_KERAS=1 set by tfos.
-    # TensorFlow's INFO lines: every server prints its whole session config.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import tensorflow as tf
     if ctx.job_name in ("ps", "worker"):
         # They only serve; tfos stops them at shutdown, once the chief has returned.

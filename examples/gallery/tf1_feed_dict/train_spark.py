@@ -15,7 +15,6 @@ Usage (from the repository root)::
     python examples/gallery/tf1_feed_dict/train_spark.py --cluster_size 3 --num_ps 1 \\
         --master "local[4]" --rows 20000 --epochs 3
 """
-import os
 import time
 
 import numpy as np
@@ -51,8 +50,6 @@ def build_graph(tf1):
 
 def main_fun(args, ctx):
     # Runs on every node, with TF_CONFIG set by tfos.
-    # TensorFlow's INFO and WARNING lines: a distributed TF1 session prints many, all harmless.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     tf1 = tf.compat.v1
     tf1.disable_eager_execution()
