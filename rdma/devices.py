@@ -13,11 +13,22 @@ SYSFS_ROOT = "/sys/class/infiniband"
 
 
 @dataclass(frozen=True)
+class Gid:
+    index: int
+    gid: str          # e.g. "fe80:0000:0000:0000:0a00:27ff:fe4e:1c2d"
+    type: str         # "IB/RoCE v1", "RoCE v2", or "" when sysfs does not say
+    netdev: str       # the Ethernet interface of a RoCE GID, "" for InfiniBand
+
+
+@dataclass(frozen=True)
 class RdmaPort:
     device: str
     port: int
     state: str        # e.g. "4: ACTIVE"
     link_layer: str   # "InfiniBand" or "Ethernet" (RoCE)
+    phys_state: str = "unknown"   # e.g. "5: LinkUp"
+    rate: str = "unknown"         # e.g. "100 Gb/sec (4X EDR)"
+    gids: tuple[Gid, ...] = ()    # the GID table's entries in use
 
     @property
     def active(self) -> bool:
@@ -36,8 +47,27 @@ def list_ports(root: str = SYSFS_ROOT) -> list[RdmaPort]:
         for port in sorted(os.listdir(ports_dir), key=lambda p: int(p) if p.isdigit() else 0):
             base = os.path.join(ports_dir, port)
             ports.append(RdmaPort(device, int(port), _read(base, "state"),
-                                  _read(base, "link_layer")))
+                                  _read(base, "link_layer"), _read(base, "phys_state"),
+                                  _read(base, "rate"), _gids(base)))
     return ports
+
+
+def _gids(port_dir: str) -> tuple[Gid, ...]:
+    """The port's GID table entries that are set (sysfs lists every slot, unused ones zero)."""
+    table = os.path.join(port_dir, "gids")
+    if not os.path.isdir(table):
+        return ()
+    found = []
+    for name in sorted(os.listdir(table), key=lambda n: int(n) if n.isdigit() else -1):
+        gid = _read(table, name)
+        if not name.isdigit() or gid == "unknown" or not gid.replace(":", "").strip("0"):
+            continue
+        attrs = os.path.join(port_dir, "gid_attrs")
+        kind = _read(os.path.join(attrs, "types"), name)
+        netdev = _read(os.path.join(attrs, "ndevs"), name)
+        found.append(Gid(int(name), gid, "" if kind == "unknown" else kind,
+                         "" if netdev == "unknown" else netdev))
+    return tuple(found)
 
 
 def missing_rdma(root: str = SYSFS_ROOT) -> str | None:

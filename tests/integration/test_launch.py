@@ -135,7 +135,7 @@ def test_tensorboard_serves_until_shutdown(spark_local_cluster_4x1, tmp_path):
 @pytest.mark.skipif(bool(__import__("rdma.devices").devices.list_ports()),
                     reason="this host has an RDMA device")
 def test_rdma_without_a_device_is_refused_not_ignored(spark_local_cluster_4x1):
-    with pytest.raises(ConfigError, match="no RDMA device.*Drop --rdma"):
+    with pytest.raises(ConfigError, match=r"\(1\) no RDMA device.*drop --rdma"):
         tfos.TFCluster.run(spark_local_cluster_4x1, idle, None, num_executors=2, rdma=True)
 
 

@@ -34,11 +34,14 @@ def test_only_down_ports_are_named(tmp_path):
         "no active RDMA port: mlx4_0/1 1: DOWN (check the cable and the subnet manager)")
 
 
-def test_rdma_refusal_names_what_is_missing(tmp_path):
+def test_rdma_refusal_names_what_is_missing_root_cause_first(tmp_path):
     message = rdma_unavailable(str(tmp_path))
-    assert "no RDMA device" in message and "Drop --rdma" in message
+    assert message.startswith("rdma=True (--rdma): --rdma cannot run on host ")
+    assert "(1) no RDMA device" in message and "drop --rdma" in message
+    assert "python -m rdma.check" in message
     make_port(tmp_path, "mlx5_0", 1, "4: ACTIVE")
-    assert "no RDMA transport" in rdma_unavailable(str(tmp_path))
+    # With a device the refusal names the next thing missing, never "no RDMA device".
+    assert "no RDMA device" not in rdma_unavailable(str(tmp_path))
 
 
 @pytest.mark.skipif(not devices.list_ports(), reason="this host has no RDMA device")

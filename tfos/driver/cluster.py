@@ -417,15 +417,14 @@ def spark_context(sc_or_session):
 
 
 def rdma_unavailable(sysfs_root: str | None = None) -> str:
-    """Why ``rdma=True`` cannot be honoured on this driver host (it never falls back to TCP)."""
-    import socket
-
-    from rdma import devices
-    missing = devices.missing_rdma(sysfs_root or devices.SYSFS_ROOT)
-    if missing:
-        return (f"rdma=True (--rdma) on host {socket.gethostname()}: {missing}. Drop --rdma to "
-                "use TensorFlow's gRPC transport")
-    return ("rdma=True (--rdma): this host has an RDMA device, but this version of tfos has no "
+    """Why ``rdma=True`` cannot be honoured on this driver host (it never falls back to TCP):
+    ``python -m rdma.check``'s explanation, root cause first."""
+    from rdma import check, devices
+    report = check.check(sysfs_root or devices.SYSFS_ROOT)
+    if report.problems:
+        return (f"rdma=True (--rdma): {report.explanation()}. Run python -m rdma.check on each "
+                "host for the details, or drop --rdma to use TensorFlow's gRPC transport")
+    return ("rdma=True (--rdma): this host has what RDMA needs, but this version of tfos has no "
             "RDMA transport for TensorFlow's tensors yet; drop --rdma to use gRPC")
 
 
