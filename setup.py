@@ -1,15 +1,23 @@
 """tfos: TensorFlow on Apache Spark."""
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # A real S3 server on loopback (moto's, run by flask) for the tfos.files tests, the S3 gallery
 # example and the data benchmark; moto[server] would add some 20 packages S3 does not use.
 LOCAL_S3 = ["moto[s3]>=5.0", "flask", "flask-cors"]
+
+# tfos's compiled transport: plain C against the Python headers (no Cython, no TF headers).
+# Optional, so a host without a C compiler still installs tfos (without the compiled
+# transport); the test suite fails when it did not build (tests/unit/test_core_ring.py).
+CORE = Extension("rdma._core", sources=["rdma/csrc/module.c", "rdma/csrc/ring.c"],
+                 depends=["rdma/csrc/ring.h"], extra_compile_args=["-O2", "-std=c11", "-Wall"],
+                 optional=True)
 
 setup(
     name="tfos",
     version="0.1.0",
     description="TensorFlow on Apache Spark: launch TF clusters from Spark and feed them Spark data",
     packages=find_packages(include=["tfos", "tfos.*", "rdma", "rdma.*"]),
+    ext_modules=[CORE],
     python_requires=">=3.10",
     install_requires=[
         "pyspark>=4.0,<5",

@@ -66,6 +66,8 @@ class RingWriter:
         """``(start, end, needed)``: the message goes to ``[start, end)`` once
         ``tail >= needed``."""
         capacity, head = self.capacity, self.head
+        if size < 0:
+            raise FrameError(f"message size {size} is negative")
         if size > capacity:
             raise FrameError(f"message of {size} bytes is larger than the ring of "
                              f"{capacity} bytes")
@@ -101,6 +103,8 @@ class RingReader:
 
     def publish(self, size: int) -> tuple[int, int]:
         """Placement of the next message the writer announced; FrameError if it cannot be."""
+        if size < 0:
+            raise FrameError(f"peer announced a message of negative size {size}")
         if size > self.capacity:
             raise FrameError(f"peer announced a message of {size} bytes in a ring of "
                              f"{self.capacity} bytes")

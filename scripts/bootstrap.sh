@@ -10,7 +10,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.tfos-installed"
-if [ ! -f "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ]; then
+# Reinstall when setup.py or the compiled transport's C sources changed since the last install.
+if [ ! -f "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] \
+    || [ -n "$(find "$root/rdma/csrc" -newer "$stamp" -print -quit 2>/dev/null)" ]; then
   echo "[tfos] installing tfos and its dependencies into $venv (first time: about 2 minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$venv/bin/python" -m pip install --quiet -e "$root[test,examples]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
