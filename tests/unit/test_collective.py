@@ -1,0 +1,146 @@
+"""``rdma.collective`` across real processes on this host, over ``shm://`` and ``tcp://``:
+every operation against numpy's answer, every dtype family, and mismatched calls named."""
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from multiprocessing import resource_tracker
+
+import numpy as np
+import pytest
+
+SECRET = b"s" * 32
+CTX = multiprocessing.get_context("spawn")
+# multiprocessing's queues start its resource tracker, a process that lives as long as this
+# one: started now, before any test, so the leftover-process check does not count it.
+resource_tracker.ensure_running()
+
+
+def tensor(rank: int, shape, dtype) -> np.ndarray:
+    values = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape) * (rank + 1) - rank
+    return values.astype(dtype)
+
+
+def member(rank, size, uri, script, addresses_in, results_out):
+    """One rank: listen, report the address, connect the ring, run ``script``."""
+    from rdma import comm
+    from rdma.collective import Group
+    try:
+        with comm.listen(uri, SECRET) as listener:
+            results_out.put(("address", rank, listener.address))
+            addresses = addresses_in.get(timeout=60)
+            with Group.connect(rank, addresses, listener, SECRET, timeout=60) as group:
+                results_out.put(("result", rank, script(group)))
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails with it
+        results_out.put(("error", rank, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def run_group(size: int, scheme: str, tmp_path, script) -> list:
+    results = CTX.Queue()
+    inboxes = [CTX.Queue() for _ in range(size)]
+    uris = [f"shm://{tmp_path}/r{r}.sock" if scheme == "shm" else "tcp://127.0.0.1:0"
+            for r in range(size)]
+    procs = [CTX.Process(target=member, args=(r, size, uris[r], script, inboxes[r], results))
+             for r in range(size)]
+    for proc in procs:
+        proc.start()
+    try:
+        addresses = [None] * size
+        answers = [None] * size
+        for _ in range(2 * size):
+            kind, rank, value = results.get(timeout=120)
+            if kind == "error":
+                raise AssertionError(f"rank {rank}: {value}")
+            if kind == "address":
+                addresses[rank] = value
+                if all(addresses):
+                    for inbox in inboxes:
+                        inbox.put(addresses)
+            else:
+                answers[rank] = value
+        return answers
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def every_operation(group):
+    out = {}
+    for dtype in ("float32", "float64", "int32", "int64", "uint8", "float16"):
+        x = tensor(group.rank, (3, 7), dtype)
+        out[f"sum-{dtype}"] = group.allreduce(x, "sum")
+        out[f"max-{dtype}"] = group.allreduce(x, "max")
+        out[f"min-{dtype}"] = group.allreduce(x, "min")
+    out["mean"] = group.allreduce(tensor(group.rank, (5,), "float32"), "mean")
+    out["big"] = group.allreduce(tensor(group.rank, (1 << 20,), "float32"))
+    out["tiny"] = group.allreduce(np.array([group.rank], np.int64))     # fewer values than ranks
+    out["gather"] = group.allgather(tensor(group.rank, (2, 3), "int32"))
+    out["bcast"] = group.broadcast(tensor(group.rank, (1000,), "float64"), root=group.size - 1)
+    group.barrier()
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["shm", "tcp"])
+def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path):
+    size = 3
+    answers = run_group(size, scheme, tmp_path, every_operation)
+    for dtype in ("float32", "float64", "int32", "int64", "uint8", "float16"):
+        inputs = [tensor(r, (3, 7), dtype) for r in range(size)]
+        with np.errstate(over="ignore"):
+            expected = {"sum": sum(inputs[1:], inputs[0].copy()),
+                        "max": np.maximum.reduce(inputs), "min": np.minimum.reduce(inputs)}
+        for op, value in expected.items():
+            for answer in answers:
+                got = answer[f"{op}-{dtype}"]
+                assert got.dtype == np.dtype(dtype) and got.shape == (3, 7)
+                np.testing.assert_allclose(got, value, rtol=1e-3 if dtype == "float16" else 1e-6)
+    big = sum(tensor(r, (1 << 20,), "float32").astype(np.float64) for r in range(size))
+    means = np.mean([tensor(r, (5,), "float32") for r in range(size)], axis=0)
+    for answer in answers:
+        np.testing.assert_allclose(answer["big"], big, rtol=1e-6)
+        np.testing.assert_allclose(answer["mean"], means, rtol=1e-6)
+        assert answer["tiny"].tolist() == [sum(range(size))]
+        assert answer["gather"].tolist() == [tensor(r, (2, 3), "int32").tolist()
+                                             for r in range(size)]
+        assert answer["bcast"].tolist() == tensor(size - 1, (1000,), "float64").tolist()
+
+
+def out_of_order(group):
+    if group.rank == 1:
+        group.allgather(np.zeros(4, np.float32))
+    return group.allreduce(np.zeros(4, np.float32))
+
+
+def test_ranks_that_call_different_collectives_are_named_not_hung(tmp_path):
+    with pytest.raises(AssertionError) as failure:
+        run_group(3, "shm", tmp_path, out_of_order)
+    message = str(failure.value)
+    assert "CollectiveMismatch" in message
+    assert "call #1 allreduce(float32[4], sum)" in message
+    assert "call #1 allgather(float32[4])" in message
+
+
+def different_shapes(group):
+    return group.allreduce(np.zeros(4 + group.rank, np.float32))
+
+
+def test_different_shapes_are_a_mismatch(tmp_path):
+    with pytest.raises(AssertionError, match=r"CollectiveMismatch: rank \d is in call #1 "
+                                             r"allreduce\(float32\[\d\], sum\)"):
+        run_group(2, "tcp", tmp_path, different_shapes)
+
+
+def test_a_group_of_one_is_the_identity():
+    from rdma.collective import Group
+    group = Group.connect(0, ["unused"], None, SECRET)
+    x = np.arange(6, dtype=np.int32).reshape(2, 3)
+    assert group.allreduce(x, "mean").tolist() == x.tolist()
+    assert group.allgather(x).shape == (1, 2, 3)
+    assert group.broadcast(x).tolist() == x.tolist()
+    group.barrier()
+    with pytest.raises(TypeError, match="not a number type"):
+        group.allreduce(np.array(["a"]))
+    with pytest.raises(ValueError, match="op='prod'"):
+        group.allreduce(x, "prod")
