@@ -1,6 +1,7 @@
 """The TensorFlow strategies tfos must run, each trained for real on a local-cluster."""
 import json
 import os
+import time
 
 import numpy as np
 
@@ -103,6 +104,15 @@ def tf1_between_graph(args, ctx):
         loss = tf.square(w - 3.0)
         train = tf1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
     config = tf1.ConfigProto(device_filters=["/job:ps", worker])
+    if ctx.task_index != 0:
+        # MonitoredTrainingSession makes a non-chief wait for the chief's initialisation but
+        # checks only every 30 s: look every 0.2 s instead, for at most 120 s.
+        not_ready = tf1.report_uninitialized_variables()
+        with tf1.Session(server.target, config=config) as probe:
+            for _ in range(600):
+                if not len(probe.run(not_ready)):
+                    break
+                time.sleep(0.2)
     done = 0
     with tf1.train.MonitoredTrainingSession(
             master=server.target, is_chief=ctx.task_index == 0, config=config,

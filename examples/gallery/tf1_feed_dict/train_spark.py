@@ -94,8 +94,12 @@ def wait_for_chief(tf1, target, config):
     """Waits until the chief has initialized the variables on the ps. MonitoredTrainingSession
     waits too, but checks only every 30 s (its SessionManager's recovery_wait_secs)."""
     not_ready = tf1.report_uninitialized_variables()
+    deadline = time.monotonic() + 300
     with tf1.Session(target, config=config) as sess:
         while len(sess.run(not_ready)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the chief did not initialize the variables within 300 s; "
+                                   "see its output")
             time.sleep(0.2)
 
 
