@@ -1,0 +1,152 @@
+"""All-reduce across processes on one host, side by side in one run: tfos's ``rdma.collective``
+over ``shm://`` and ``tcp://`` against TensorFlow's own MultiWorkerMirroredStrategy all-reduce
+(RING, its CPU implementation), for each size and process count.
+
+Prints a table of median milliseconds per all-reduce of a float32 tensor and the speed-up of
+each tfos carrier over TensorFlow's. Asserts nothing. Usage::
+
+    .venv/bin/python examples/benchmarks/collective_bench.py [--sizes_mb 4,64] [--procs 2,3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CTX = multiprocessing.get_context("spawn")
+
+TF_WORKER = r"""
+import json, os, sys, time
+import tensorflow as tf
+size_mb, repeats = int(sys.argv[1]), int(sys.argv[2])
+options = tf.distribute.experimental.CommunicationOptions(
+    implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+x = tf.ones([size_mb << 18], tf.float32)
+
+@tf.function
+def allreduce():
+    return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", x))
+
+allreduce()
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    strategy.experimental_local_results(allreduce())[0].numpy()   # waits for the result
+    times.append(time.perf_counter() - start)
+print("RESULT", json.dumps(sorted(times)[len(times) // 2]))
+"""
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def tensorflow_allreduce(procs: int, size_mb: int, repeats: int) -> float:
+    """Median seconds of MWMS RING all-reduce, as rank 0 measures it."""
+    workers = [f"127.0.0.1:{p}" for p in free_ports(procs)]
+    runs = []
+    for index in range(procs):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        runs.append(subprocess.Popen([sys.executable, "-c", TF_WORKER, str(size_mb),
+                                      str(repeats)], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True))
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    found = [line for line in outputs[0].splitlines() if line.startswith("RESULT ")]
+    if not found:
+        raise RuntimeError(f"TensorFlow's all-reduce did not report: {outputs[0][-2000:]}")
+    return json.loads(found[0].split(" ", 1)[1])
+
+
+def _member(rank, uri, secret, size_mb, repeats, inbox, outbox):
+    try:
+        _measure(rank, uri, secret, size_mb, repeats, inbox, outbox)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which stops
+        outbox.put(("error", rank, f"{type(exc).__name__}: {exc}"))
+
+
+def _measure(rank, uri, secret, size_mb, repeats, inbox, outbox):
+    import numpy as np
+
+    from rdma import comm
+    from rdma.collective import Group
+    with comm.listen(uri, secret) as listener:
+        outbox.put(("address", rank, listener.address))
+        addresses = inbox.get(timeout=60)
+        with Group.connect(rank, addresses, listener, secret) as group:
+            x = np.ones(size_mb << 18, np.float32)
+            group.allreduce(x)
+            times = []
+            for _ in range(repeats):
+                group.barrier()
+                start = time.perf_counter()
+                group.allreduce(x)
+                times.append(time.perf_counter() - start)
+            outbox.put(("result", rank, statistics.median(times)))
+
+
+def tfos_allreduce(procs: int, size_mb: int, repeats: int, scheme: str) -> float:
+    """Median seconds of rdma.collective's all-reduce, as rank 0 measures it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        uris = [f"shm://{scratch}/r{r}.sock" if scheme == "shm" else "tcp://127.0.0.1:0"
+                for r in range(procs)]
+        outbox = CTX.Queue()
+        inboxes = [CTX.Queue() for _ in range(procs)]
+        secret = os.urandom(32)
+        members = [CTX.Process(target=_member, args=(r, uris[r], secret, size_mb, repeats,
+                                                     inboxes[r], outbox)) for r in range(procs)]
+        for member in members:
+            member.start()
+        addresses, result = [None] * procs, None
+        for _ in range(2 * procs):
+            kind, rank, value = outbox.get(timeout=600)
+            if kind == "error":
+                for member in members:
+                    member.kill()
+                raise RuntimeError(f"rank {rank}: {value}")
+            if kind == "address":
+                addresses[rank] = value
+                if all(addresses):
+                    for inbox in inboxes:
+                        inbox.put(addresses)
+            elif rank == 0:
+                result = value
+        for member in members:
+            member.join(60)
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes_mb", default="4,64")
+    parser.add_argument("--procs", default="2,3")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{'procs':>5} {'MiB':>5} {'TF RING ms':>11} {'tfos shm ms':>12} {'tfos tcp ms':>12} "
+          f"{'shm speed-up':>13} {'tcp speed-up':>13}")
+    for procs in map(int, args.procs.split(",")):
+        for size in map(int, args.sizes_mb.split(",")):
+            tf_s = tensorflow_allreduce(procs, size, args.repeats)
+            shm_s = tfos_allreduce(procs, size, args.repeats, "shm")
+            tcp_s = tfos_allreduce(procs, size, args.repeats, "tcp")
+            print(f"{procs:>5} {size:>5} {tf_s * 1e3:>11.1f} {shm_s * 1e3:>12.1f} "
+                  f"{tcp_s * 1e3:>12.1f} {tf_s / shm_s:>12.2f}x {tf_s / tcp_s:>12.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
