@@ -63,13 +63,15 @@ def assert_progress_table(texts: list[str], activity: str, *row_patterns: str):
 def test_quickstart_spark_notebook_trains_predicts_and_shows_node_output():
     texts = execute(NOTEBOOKS / "quickstart_spark.ipynb")
     everything = "\n".join(texts)
-    # The progress display, updated in place in the cells that wait: records fed per node while
-    # train() runs, each node's state and the epochs its Keras callback reported at shutdown.
+    # The progress display, updated in place in the cells that wait: the nodes while train()
+    # feeds them (their numbers arrive once a second, so a short feed may end before the first),
+    # and at shutdown, when each node's last numbers came with its exit, the records each
+    # received (the Keras callback's epochs are checked in the TENSORFLOW-mode notebook).
     assert_progress_table(texts, "feeding 'input', 3 epochs",
-                          r"chief:0@\S+ +│ running +│ +[1-9][\d,]* ")
+                          r"chief:0@\S+ +│ running +│", r"worker:0@\S+ +│ running +│")
     assert_progress_table(texts, "waiting for the nodes to finish",
-                          r"chief:0@\S+ +│ done .*epoch 3 +step \d+ +loss",
-                          r"worker:0@\S+ +│ done ")
+                          r"chief:0@\S+ +│ done +│ +[1-9][\d,]* +│",
+                          r"worker:0@\S+ +│ done +│ +[1-9][\d,]* +│")
     assert re.search(r"TensorBoard: http://[\w.-]+:\d+/", everything), everything[-3000:]
     lines = node_lines(texts)
     assert any(line.endswith("Epoch 1/3") for line in lines), everything[-3000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Callable
 
 from tfos.core import messages as m
@@ -100,12 +101,23 @@ def keras_callback(report: Callable[..., None], batches: bool = True):
             report(epoch=epoch + 1, **(logs or {}))
 
     class StepProgress(EpochProgress):
+        # Keras hands this callback the step's logs as tensors, unconverted: converting them
+        # waits for the step's device work (a sync per step). They are converted at most once
+        # an INTERVAL instead, the rate at which the driver hears of them anyway.
+        _supports_tf_logs = True
+
         def __init__(self):
             super().__init__()
             self._step = 0
+            self._metrics_at = 0.0
 
         def on_train_batch_end(self, batch, logs=None):
             self._step += 1
-            report(step=self._step, **(logs or {}))
+            now = time.monotonic()
+            if logs and now - self._metrics_at >= INTERVAL:
+                self._metrics_at = now
+                report(step=self._step, **logs)
+            else:
+                report(step=self._step)
 
     return StepProgress() if batches else EpochProgress()
