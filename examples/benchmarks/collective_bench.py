@@ -13,12 +13,13 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from startup_bench import free_ports  # this directory, as the scripts run
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -43,16 +44,6 @@ for _ in range(repeats):
     times.append(time.perf_counter() - start)
 print("RESULT", json.dumps(sorted(times)[len(times) // 2]))
 """
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def tensorflow_allreduce(procs: int, size_mb: int, repeats: int) -> float:

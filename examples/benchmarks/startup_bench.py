@@ -66,7 +66,7 @@ def run_tfos(spark, size: int) -> dict[str, float]:
 
 
 def run_bare(size: int) -> dict[str, float]:
-    ports = _free_ports(size)
+    ports = free_ports(size)
     spec = {"chief": [f"127.0.0.1:{ports[0]}"],
             "worker": [f"127.0.0.1:{p}" for p in ports[1:]]}
     tasks = [("chief", 0)] + [("worker", i) for i in range(size - 1)]
@@ -84,7 +84,8 @@ def run_bare(size: int) -> dict[str, float]:
         return _first_steps(out, start)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 now (for TF_CONFIG; also used by collective_bench)."""
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
