@@ -5,13 +5,20 @@ A ``Group`` links its ranks in a ring: each holds one connection to the next ran
 the previous, over whatever ``rdma.comm`` scheme their addresses name (``shm://`` on one host,
 ``tcp://`` between hosts). Every operation moves data only between ring neighbours:
 
-* ``allreduce``: reduce-scatter then allgather over ``size`` chunks, each rank sending and
-  receiving ``2 (size-1)/size`` of the tensor, the bandwidth-optimal ring (received chunks are
-  reduced straight out of the transport's buffer, no copy on ``shm://``);
+* ``allreduce`` of a large tensor: reduce-scatter then allgather over ``size`` chunks, each
+  rank sending and receiving ``2 (size-1)/size`` of the tensor, the bandwidth-optimal ring
+  (received chunks are reduced straight out of the transport's buffer, no copy on ``shm://``);
+* ``allreduce`` of a small one (under ``SMALL_BYTES``), where each hop's latency is what costs:
+  the whole tensors go round once (``size - 1`` hops instead of ``2 (size-1)``) and every rank
+  reduces all of them itself, in rank order, so every rank gets the same bits;
 * ``allgather``: ``size - 1`` steps passing each rank's part along;
 * ``broadcast``: the root's tensor passed along the ring, in pieces so the ranks work in a
   pipeline;
 * ``barrier``: a token twice round the ring.
+
+``Group.join(rank, addresses, secret)`` builds the ring from a list every rank computes the
+same way (``addresses[i]``: where rank ``i`` listens); ranks may start in any order within the
+timeout, a rank connecting to one not yet listening tries again until it is.
 
 Every message starts with the call's description (sequence number, operation, dtype, shape,
 reduction, root). A rank that receives a message from a different call -- the ranks called
@@ -26,16 +33,20 @@ import json
 import queue
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from rdma import comm as rdma_comm
-from rdma.errors import CommError
+from rdma.errors import CommError, CommTimeout, ConnectFailed
 
 REDUCTIONS = {"sum": np.add, "min": np.minimum, "max": np.maximum}
 # A broadcast moves in pieces of this many bytes, so ranks down the ring start early.
 BROADCAST_PIECE = 4 << 20
+# All-reduces of fewer bytes go once round the ring whole (latency bound), larger ones as the
+# chunked ring (bandwidth bound).
+SMALL_BYTES = 64 << 10
 _HEADER = struct.Struct("<I")
 
 
@@ -82,23 +93,42 @@ class Group:
 
     @classmethod
     def connect(cls, rank: int, addresses: list[str], listener: rdma_comm.Listener | None,
-                secret: bytes, timeout: float = 60.0) -> "Group":
+                secret: bytes, timeout: float = 60.0, deadline: float | None = None) -> "Group":
         size = len(addresses)
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} outside a group of {size}")
         if size == 1:
             return cls(rank, 1, None, None)
+        deadline = deadline or time.monotonic() + timeout
         # Connect onward first (it completes once the peer's listener accepts in its own
         # time), then accept the previous rank's connection.
-        to_next = rdma_comm.connect(addresses[(rank + 1) % size], secret, timeout=timeout)
+        to_next = _connect_retrying(rank, (rank + 1) % size, addresses[(rank + 1) % size],
+                                    secret, deadline)
         to_next.send([_HEADER.pack(rank)])
-        from_prev = listener.accept(timeout=timeout)
+        try:
+            from_prev = listener.accept(timeout=max(deadline - time.monotonic(), 0.01))
+        except CommTimeout:
+            to_next.close()
+            raise CommTimeout(f"rank {rank}: rank {(rank - 1) % size} did not connect to "
+                              f"{addresses[rank]} within {timeout:g} s; did it start, with the "
+                              "same addresses list?") from None
         (sender,) = _HEADER.unpack(bytes(from_prev.recv(timeout=timeout)))
         if sender != (rank - 1) % size:
             raise CollectiveMismatch(f"rank {rank} expected rank {(rank - 1) % size} to "
                                      f"connect to it, got rank {sender}: the addresses lists "
                                      "differ between ranks")
         return cls(rank, size, to_next, from_prev)
+
+    @classmethod
+    def join(cls, rank: int, addresses: list[str], secret: bytes,
+             timeout: float = 60.0) -> "Group":
+        """Listens at ``addresses[rank]`` and links the ring: the ranks may start in any order
+        within ``timeout`` seconds of each other."""
+        if len(addresses) == 1:
+            return cls.connect(rank, addresses, None, secret, timeout)
+        deadline = time.monotonic() + timeout
+        with rdma_comm.listen(addresses[rank], secret) as listener:
+            return cls.connect(rank, addresses, listener, secret, timeout, deadline)
 
     # -- the operations -------------------------------------------------------------------------
     def allreduce(self, tensor, op: str = "sum") -> np.ndarray:
@@ -108,9 +138,14 @@ class Group:
         if op not in (*REDUCTIONS, "mean"):
             raise ValueError(f"op={op!r}: use one of {[*REDUCTIONS, 'mean']}")
         call = self._call("allreduce", array, reduce=op)
-        result = array.reshape(-1).copy()
-        if self.size > 1 and result.size:
-            self._ring_allreduce(call, result, REDUCTIONS["sum" if op == "mean" else op])
+        reduce = REDUCTIONS["sum" if op == "mean" else op]
+        if self.size > 1 and 0 < array.nbytes < SMALL_BYTES:
+            result = self._allgather_flat(call, array.reshape(-1))
+            result = reduce.reduce(result, axis=0, dtype=result.dtype)
+        else:
+            result = array.reshape(-1).copy()
+            if self.size > 1 and result.size:
+                self._ring_allreduce(call, result, reduce)
         if op == "mean":
             if np.issubdtype(result.dtype, np.integer):
                 result //= self.size
@@ -122,13 +157,16 @@ class Group:
         """Every rank's ``tensor`` (all of one shape) stacked along a new first axis, by rank."""
         array = np.ascontiguousarray(tensor)
         call = self._call("allgather", array)
-        out = np.empty((self.size, *array.shape), array.dtype)
-        out[self.rank] = array
-        flat = out.reshape(self.size, -1)
+        return self._allgather_flat(call, array.reshape(-1)).reshape(self.size, *array.shape)
+
+    def _allgather_flat(self, call: Call, flat: np.ndarray) -> np.ndarray:
+        """``[size, n]``: every rank's ``flat`` by rank, passed ``size - 1`` hops round."""
+        out = np.empty((self.size, flat.size), flat.dtype)
+        out[self.rank] = flat
         for step in range(self.size - 1):
             send = (self.rank - step) % self.size
             recv = (self.rank - step - 1) % self.size
-            self._exchange(call, flat[send], flat[recv], None)
+            self._exchange(call, out[send], out[recv], None)
         return out
 
     def broadcast(self, tensor, root: int = 0) -> np.ndarray:
@@ -244,6 +282,24 @@ class Group:
             raise TypeError(f"{op}: dtype {array.dtype} is not a number type")
         self._seq += 1
         return Call(self._seq, op, str(array.dtype), tuple(array.shape), reduce, root)
+
+
+def _connect_retrying(rank: int, peer: int, address: str, secret: bytes,
+                      deadline: float) -> rdma_comm.Comm:
+    """Connects to ``peer``'s listener, trying again while it is not listening yet (it may
+    still be starting) until ``deadline``: the ranks of a group start in any order."""
+    pause = 0.01
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return rdma_comm.connect(address, secret, timeout=max(left, 0.01))
+        except ConnectFailed as error:
+            if left <= pause:
+                raise ConnectFailed(f"rank {rank} could not reach rank {peer} at {address} "
+                                    f"before the group's timeout: {error}") from None
+        # Nothing to wait on across processes but the peer's listener appearing: back off.
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _encode(call: Call) -> bytes:

@@ -63,58 +63,48 @@ def tensorflow_allreduce(procs: int, size_mb: int, repeats: int) -> float:
     return json.loads(found[0].split(" ", 1)[1])
 
 
-def _member(rank, uri, secret, size_mb, repeats, inbox, outbox):
+def _member(rank, addresses, secret, size_mb, repeats, outbox):
     try:
-        _measure(rank, uri, secret, size_mb, repeats, inbox, outbox)
+        outbox.put(("result", rank, _measure(rank, addresses, secret, size_mb, repeats)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which stops
         outbox.put(("error", rank, f"{type(exc).__name__}: {exc}"))
 
 
-def _measure(rank, uri, secret, size_mb, repeats, inbox, outbox):
+def _measure(rank, addresses, secret, size_mb, repeats) -> float:
     import numpy as np
 
-    from rdma import comm
     from rdma.collective import Group
-    with comm.listen(uri, secret) as listener:
-        outbox.put(("address", rank, listener.address))
-        addresses = inbox.get(timeout=60)
-        with Group.connect(rank, addresses, listener, secret) as group:
-            x = np.ones(size_mb << 18, np.float32)
+    with Group.join(rank, addresses, secret) as group:
+        x = np.ones(size_mb << 18, np.float32)
+        group.allreduce(x)
+        times = []
+        for _ in range(repeats):
+            group.barrier()
+            start = time.perf_counter()
             group.allreduce(x)
-            times = []
-            for _ in range(repeats):
-                group.barrier()
-                start = time.perf_counter()
-                group.allreduce(x)
-                times.append(time.perf_counter() - start)
-            outbox.put(("result", rank, statistics.median(times)))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
 
 def tfos_allreduce(procs: int, size_mb: int, repeats: int, scheme: str) -> float:
     """Median seconds of rdma.collective's all-reduce, as rank 0 measures it."""
     with tempfile.TemporaryDirectory() as scratch:
-        uris = [f"shm://{scratch}/r{r}.sock" if scheme == "shm" else "tcp://127.0.0.1:0"
-                for r in range(procs)]
+        addresses = ([f"shm://{scratch}/r{r}.sock" for r in range(procs)] if scheme == "shm"
+                     else [f"tcp://127.0.0.1:{port}" for port in free_ports(procs)])
         outbox = CTX.Queue()
-        inboxes = [CTX.Queue() for _ in range(procs)]
         secret = os.urandom(32)
-        members = [CTX.Process(target=_member, args=(r, uris[r], secret, size_mb, repeats,
-                                                     inboxes[r], outbox)) for r in range(procs)]
+        members = [CTX.Process(target=_member, args=(r, addresses, secret, size_mb, repeats,
+                                                     outbox)) for r in range(procs)]
         for member in members:
             member.start()
-        addresses, result = [None] * procs, None
-        for _ in range(2 * procs):
+        result = None
+        for _ in range(procs):
             kind, rank, value = outbox.get(timeout=600)
             if kind == "error":
                 for member in members:
                     member.kill()
                 raise RuntimeError(f"rank {rank}: {value}")
-            if kind == "address":
-                addresses[rank] = value
-                if all(addresses):
-                    for inbox in inboxes:
-                        inbox.put(addresses)
-            elif rank == 0:
+            if rank == 0:
                 result = value
         for member in members:
             member.join(60)

@@ -3,6 +3,7 @@ every operation against numpy's answer, every dtype family, and mismatched calls
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import traceback
 from multiprocessing import resource_tracker
 
@@ -21,43 +22,43 @@ def tensor(rank: int, shape, dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def member(rank, size, uri, script, addresses_in, results_out):
-    """One rank: listen, report the address, connect the ring, run ``script``."""
-    from rdma import comm
+def member(rank, addresses, script, results_out):
+    """One rank: join the ring at the shared addresses list, run ``script``."""
     from rdma.collective import Group
     try:
-        with comm.listen(uri, SECRET) as listener:
-            results_out.put(("address", rank, listener.address))
-            addresses = addresses_in.get(timeout=60)
-            with Group.connect(rank, addresses, listener, SECRET, timeout=60) as group:
-                results_out.put(("result", rank, script(group)))
+        with Group.join(rank, addresses, SECRET, timeout=60) as group:
+            results_out.put((rank, None, script(group)))
     except Exception as exc:  # noqa: BLE001 - reported to the test, which fails with it
-        results_out.put(("error", rank, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        results_out.put((rank, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", None))
 
 
-def run_group(size: int, scheme: str, tmp_path, script) -> list:
+def ring_addresses(size: int, scheme: str, tmp_path) -> list[str]:
+    if scheme == "shm":
+        return [f"shm://{tmp_path}/r{r}.sock" for r in range(size)]
+    socks = [socket.socket() for _ in range(size)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return [f"tcp://127.0.0.1:{port}" for port in ports]
+
+
+def run_group(size: int, scheme: str, tmp_path, script, starts=None) -> list:
+    """``script(group)`` on ``size`` processes; ``starts``: the order they start in."""
     results = CTX.Queue()
-    inboxes = [CTX.Queue() for _ in range(size)]
-    uris = [f"shm://{tmp_path}/r{r}.sock" if scheme == "shm" else "tcp://127.0.0.1:0"
-            for r in range(size)]
-    procs = [CTX.Process(target=member, args=(r, size, uris[r], script, inboxes[r], results))
+    addresses = ring_addresses(size, scheme, tmp_path)
+    procs = [CTX.Process(target=member, args=(r, addresses, script, results))
              for r in range(size)]
-    for proc in procs:
-        proc.start()
+    for rank in starts or range(size):
+        procs[rank].start()
     try:
-        addresses = [None] * size
         answers = [None] * size
-        for _ in range(2 * size):
-            kind, rank, value = results.get(timeout=120)
-            if kind == "error":
-                raise AssertionError(f"rank {rank}: {value}")
-            if kind == "address":
-                addresses[rank] = value
-                if all(addresses):
-                    for inbox in inboxes:
-                        inbox.put(addresses)
-            else:
-                answers[rank] = value
+        for _ in range(size):
+            rank, error, value = results.get(timeout=120)
+            if error:
+                raise AssertionError(f"rank {rank}: {error}")
+            answers[rank] = value
         return answers
     finally:
         for proc in procs:
@@ -78,6 +79,9 @@ def every_operation(group):
     out["tiny"] = group.allreduce(np.array([group.rank], np.int64))     # fewer values than ranks
     out["gather"] = group.allgather(tensor(group.rank, (2, 3), "int32"))
     out["bcast"] = group.broadcast(tensor(group.rank, (1000,), "float64"), root=group.size - 1)
+    rng = np.random.default_rng(group.rank)
+    for name, count in (("small", 1000), ("large", 300_000)):   # both all-reduce algorithms
+        out[f"random-{name}"] = group.allreduce(rng.standard_normal(count).astype(np.float32))
     group.barrier()
     return out
 
@@ -105,6 +109,23 @@ def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path):
         assert answer["gather"].tolist() == [tensor(r, (2, 3), "int32").tolist()
                                              for r in range(size)]
         assert answer["bcast"].tolist() == tensor(size - 1, (1000,), "float64").tolist()
+    rngs = [np.random.default_rng(r) for r in range(size)]
+    for name, count in (("small", 1000), ("large", 300_000)):
+        inputs = [rng.standard_normal(count).astype(np.float32) for rng in rngs]
+        np.testing.assert_allclose(answers[0][f"random-{name}"], np.sum(inputs, axis=0),
+                                   rtol=1e-5, atol=1e-5)
+        # Every rank holds the very same bits: replicas that train on them stay identical.
+        for answer in answers[1:]:
+            assert answer[f"random-{name}"].tobytes() == answers[0][f"random-{name}"].tobytes()
+
+
+def rank_sum(group):
+    return group.allreduce(np.array([group.rank + 1]))
+
+
+def test_ranks_may_start_in_any_order(tmp_path):
+    answers = run_group(3, "tcp", tmp_path, rank_sum, starts=[2, 0, 1])
+    assert [a.tolist() for a in answers] == [[6]] * 3
 
 
 def out_of_order(group):
