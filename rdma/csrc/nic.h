@@ -17,6 +17,14 @@
  * Every function that can fail returns a negative TFOS_NIC_E* code with a sentence in err
  * (TFOS_NIC_ERRLEN bytes): what failed, on which link, and what to do.
  *
+ * Threads and bounds (what the engine promises, so a carrier can size its queues):
+ *   - write() is called by one thread at a time, poll() by one thread at a time, but a write()
+ *     (or alloc_mr/free_mr) may run while another thread is inside poll(); interrupt() may come from any thread, and
+ *     when no poll() is blocked it makes the next one return at once (it is never lost);
+ *   - at most TFOS_NIC_MAX_POSTED writes are posted whose SENT completion was not yet polled,
+ *     and at most TFOS_NIC_MAX_UNPOLLED immediates travel toward the peer that its poll() has
+ *     not yet returned (the protocol's credits bound them): queues of these depths never fill.
+ *
  * Set-up is carrier specific (each has its own constructor in its own header: loopback pairs
  * in one process, shm over a connected Unix socket, verbs over the authenticated TCP
  * bootstrap socket, which stays open so a dead peer is noticed at once); after it the engine
@@ -28,6 +36,8 @@
 #include <stdint.h>
 
 #define TFOS_NIC_ERRLEN 256
+#define TFOS_NIC_MAX_POSTED 256
+#define TFOS_NIC_MAX_UNPOLLED 4096
 
 enum {
     TFOS_NIC_OK = 0,
