@@ -30,7 +30,7 @@ class NodeContext:
     Built from the node task's ``tfos.core.launch.LaunchRecord``.
     """
 
-    def __init__(self, record: launch.LaunchRecord):
+    def __init__(self, record: launch.LaunchRecord, secret: bytes | None = None):
         self.job_name: str = record.job_name
         self.task_index: int = record.task_index
         self.worker_num: int = record.node_id
@@ -42,6 +42,10 @@ class NodeContext:
         self.host: str = record.host
         self.log_dir: str | None = record.log_dir
         self.restart: int = record.restart
+        # How this node's tensors travel ("grpc"; "rdma" with TFCluster.run(rdma=True)).
+        self.transport: str = record.transport
+        self._secret = secret        # the cluster's (tfos.collective authenticates with it)
+        self._bind_all = record.feed.bind_all if record.feed is not None else False
         self._primary = record.primary
         self._status_fd = record.status_fd
         self._notify_lock = threading.Lock()

@@ -29,7 +29,7 @@ def main() -> int:
     sys.stdin.close()
     if not die_with_parent(record.parent_pid):
         return 1
-    ctx = NodeContext(record)
+    ctx = NodeContext(record, secret)
     ctx.start_feed_server(secret)
     # Pickled by the Spark driver and handed over by our own parent (see tfos.core.launch).
     map_fun, tf_args = pickle.loads(payload)

@@ -1,0 +1,185 @@
+"""tfos collectives: data-parallel training on every worker of a tfos cluster without a
+``tf.distribute`` strategy, under Horovod's names (runs in the TF node process).
+
+Each worker trains its own replica on its own part of the data; after every step the workers
+average their gradients with one all-reduce, so the replicas stay identical. Plain Keras 3
+``fit`` trains this way (it fails under TensorFlow's multi-worker strategies), so does tf-keras,
+and so does a custom loop::
+
+    import tfos.collective as hvd
+
+    def main_fun(args, ctx):
+        hvd.init(ctx)                                    # rank, size and peers from the cluster
+        data = make_dataset().shard(hvd.size(), hvd.rank())
+        model.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.Adam(1e-3)), ...)
+        model.fit(data, epochs=3, callbacks=[hvd.BroadcastGlobalVariablesCallback(0),
+                                            hvd.MetricAverageCallback()])
+
+    TFCluster.run(sc, main_fun, args, num_executors=3, legacy_keras=False)   # Keras 3
+
+The group is the cluster's chief and workers (rank 0 is the chief when there is one); ps and
+evaluator nodes take no part. Its links form a ring over ``rdma.collective``: ``shm://``
+between nodes on one host, ``tcp://`` (``rdma://`` with ``--rdma``) between hosts, set up on
+each node's TF port (so do not also start a ``tf.distribute`` server in the same node). The
+TensorFlow operations here are ``tf.numpy_function`` calls: they work eagerly and inside
+``tf.function`` (Keras' compiled train step), not inside XLA (``jit_compile=True``).
+
+Every rank must make the same collective calls in the same order: one that does not gets
+``rdma.collective.CollectiveMismatch`` naming both ranks' calls, not a hang.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+
+from tfos.collective._tf import (
+    BroadcastGlobalVariablesCallback,
+    DistributedGradientTape,
+    DistributedOptimizer,
+    MetricAverageCallback,
+    allgather,
+    allreduce,
+    barrier,
+    broadcast,
+    broadcast_variables,
+    grouped_allreduce,
+)
+from tfos.core.errors import ConfigError
+
+__all__ = ["init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size",
+           "transports", "Average", "Sum", "Min", "Max", "allreduce", "grouped_allreduce",
+           "allgather", "broadcast", "barrier", "broadcast_variables",
+           "DistributedGradientTape", "DistributedOptimizer", "BroadcastGlobalVariablesCallback",
+           "MetricAverageCallback"]
+
+logger = logging.getLogger(__name__)
+
+# Reductions, under Horovod's names.
+Average, Sum, Min, Max = "mean", "sum", "min", "max"
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def init(ctx, timeout: float = 120.0, rdma: bool | None = None) -> None:
+    """Joins this node to its cluster's collective group (the chief and the workers).
+
+    ``ctx`` is ``main_fun``'s context. Returns once the ring is linked; the other members have
+    ``timeout`` seconds to arrive. ``rdma``: links between hosts over ``rdma://`` (default:
+    whatever ``TFCluster.run(rdma=...)`` chose); a host without a usable RDMA device raises
+    ``rdma.errors.TransportUnavailable`` saying what is missing, never falls back to TCP.
+    """
+    from rdma.collective import Group
+    with _lock:
+        if _state:
+            return
+        members = _members(ctx.cluster_spec)
+        me = (ctx.job_name, ctx.task_index)
+        if me not in members:
+            raise ConfigError(
+                f"tfos.collective.init() on {ctx.job_name}:{ctx.task_index}: only the chief and "
+                f"the workers train with collectives ({len(members)} in this cluster); do not "
+                f"call it in {ctx.job_name} nodes")
+        secret = getattr(ctx, "_secret", None)
+        if not secret:
+            raise ConfigError("tfos.collective.init(ctx): this context carries no cluster "
+                              "secret; pass the ctx tfos gave main_fun")
+        use_rdma = getattr(ctx, "transport", "grpc") == "rdma" if rdma is None else rdma
+        addresses = ring_addresses([ctx.cluster_spec[job][index] for job, index in members],
+                                   secret, use_rdma, bind_all=getattr(ctx, "_bind_all", False))
+        rank = members.index(me)
+        group = Group.join(rank, addresses, secret, timeout=timeout)
+        hosts = [_host(ctx.cluster_spec[job][index]) for job, index in members]
+        _state.update(group=group, hosts=hosts, addresses=addresses)
+        logger.info("tfos.collective: rank %d of %d; receives over %s, sends to rank %d over %s",
+                    rank, len(members), _scheme(addresses[rank]), (rank + 1) % len(members),
+                    _scheme(addresses[(rank + 1) % len(members)]))
+
+
+def ring_addresses(nodes: list[str], secret: bytes, rdma: bool = False,
+                   bind_all: bool = False) -> list[str]:
+    """Where each member of the ring listens, from its ``host:port`` alone (so every member
+    computes the same list): on the Unix socket ``shm://`` names when the member before it is
+    on the same host, else on its TF port over ``tcp://`` (``rdma://``)."""
+    token = hashlib.sha256(b"tfos.collective" + secret).hexdigest()[:16]
+    addresses = []
+    for index, node in enumerate(nodes):
+        host, port = _host(node), node.rsplit(":", 1)[1]
+        if _host(nodes[index - 1]) == host:
+            addresses.append(f"shm://{tempfile.gettempdir()}/tfos-{token}-{port}.sock")
+        else:
+            listen = ("::" if ":" in host else "0.0.0.0") if bind_all else host
+            listen = f"[{listen}]" if ":" in listen else listen
+            addresses.append(f"{'rdma' if rdma else 'tcp'}://{listen}:{port}")
+    return addresses
+
+
+def _members(cluster_spec: dict) -> list[tuple[str, int]]:
+    return [(job, index) for job in ("chief", "master", "worker")
+            for index in range(len(cluster_spec.get(job, [])))]
+
+
+def _host(node: str) -> str:
+    return node.rsplit(":", 1)[0].strip("[]")
+
+
+def _scheme(address: str) -> str:
+    return address.split("://", 1)[0] + "://"
+
+
+def shutdown() -> None:
+    """Leaves the group (at exit this happens by itself)."""
+    with _lock:
+        group = _state.pop("group", None)
+        _state.clear()
+    if group is not None:
+        group.close()
+
+
+def is_initialized() -> bool:
+    return "group" in _state
+
+
+def _group():
+    group = _state.get("group")
+    if group is None:
+        raise ConfigError("tfos.collective is not initialised: call tfos.collective.init(ctx) "
+                          "first, in main_fun")
+    return group
+
+
+def rank() -> int:
+    """This worker's rank, 0 .. size()-1 (0: the chief, when the cluster has one)."""
+    return _group().rank
+
+
+def size() -> int:
+    """How many workers train together."""
+    return _group().size
+
+
+def local_rank() -> int:
+    """This worker's rank among the members on its own host."""
+    hosts = _state_or_fail("hosts")
+    return hosts[:rank()].count(hosts[rank()])
+
+
+def local_size() -> int:
+    hosts = _state_or_fail("hosts")
+    return hosts.count(hosts[rank()])
+
+
+def transports() -> dict:
+    """The schemes of this rank's two links: ``{"from_prev": "shm://", "to_next": "tcp://"}``."""
+    addresses = _state_or_fail("addresses")
+    me = rank()
+    return {"from_prev": _scheme(addresses[me]),
+            "to_next": _scheme(addresses[(me + 1) % len(addresses)])}
+
+
+def _state_or_fail(key: str):
+    _group()
+    return _state[key]
+
