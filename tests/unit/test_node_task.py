@@ -272,6 +272,18 @@ def test_a_node_refused_by_the_driver_starts_no_process(control_plane, tmp_path)
     assert "Python 2.7 / TensorFlow 0.1" in failure.reason
 
 
+def test_rdma_on_a_host_without_a_device_fails_the_node_before_tensorflow_starts(
+        control_plane, tmp_path):
+    plane = control_plane(ClusterConfig(num_executors=1, rdma=True, **FAST))
+    assert run_nodes(plane, report_map_fun, str(tmp_path)) == [-1]
+    assert list(tmp_path.iterdir()) == [], "no TF process ran"
+    (failure,) = plane.state.failures
+    assert failure.reason.startswith(f"rdma=True (--rdma) on executor host {HOST}: --rdma "
+                                     "cannot run on host ")
+    assert "(1) no RDMA device" in failure.reason and "drop --rdma" in failure.reason
+    assert plane.state.nodes[0].transport == "rdma (unusable)"
+
+
 def test_a_node_that_fails_after_a_huge_line_is_still_reported_failed(control_plane):
     plane = control_plane(ClusterConfig(num_executors=1, **FAST))
     assert run_nodes(plane, huge_output_then_fail_map_fun, None) == [1]

@@ -40,7 +40,7 @@ def test_rdma_refusal_names_what_is_missing_root_cause_first(tmp_path):
     assert "(1) no RDMA device" in message and "drop --rdma" in message
     assert "python -m rdma.check" in message
     make_port(tmp_path, "mlx5_0", 1, "4: ACTIVE")
-    # With a device the refusal names the next thing missing, never "no RDMA device".
+    # With a device the refusal names the next thing missing (if any), never "no RDMA device".
     assert "no RDMA device" not in rdma_unavailable(str(tmp_path))
 
 

@@ -48,7 +48,7 @@ from tfos.collective._tf import (
 )
 from tfos.core.errors import ConfigError
 
-__all__ = ["init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size",
+__all__ = ["init", "shutdown", "is_initialized", "joined", "rank", "size", "local_rank", "local_size",
            "transports", "Average", "Sum", "Min", "Max", "allreduce", "grouped_allreduce",
            "allgather", "broadcast", "barrier", "broadcast_variables",
            "DistributedGradientTape", "DistributedOptimizer", "BroadcastGlobalVariablesCallback",
@@ -61,6 +61,7 @@ Average, Sum, Min, Max = "mean", "sum", "min", "max"
 
 _lock = threading.Lock()
 _state: dict = {}
+_joined = threading.Event()
 
 
 def init(ctx, timeout: float = 120.0, rdma: bool | None = None) -> None:
@@ -93,6 +94,7 @@ def init(ctx, timeout: float = 120.0, rdma: bool | None = None) -> None:
         group = Group.join(rank, addresses, secret, timeout=timeout)
         hosts = [_host(ctx.cluster_spec[job][index]) for job, index in members]
         _state.update(group=group, hosts=hosts, addresses=addresses)
+        _joined.set()
         logger.info("tfos.collective: rank %d of %d; receives over %s, sends to rank %d over %s",
                     rank, len(members), _scheme(addresses[rank]), (rank + 1) % len(members),
                     _scheme(addresses[(rank + 1) % len(members)]))
@@ -140,6 +142,11 @@ def shutdown() -> None:
 
 def is_initialized() -> bool:
     return "group" in _state
+
+
+def joined() -> bool:
+    """Whether this process joined a group at some point (``init`` ran), even if it left."""
+    return _joined.is_set()
 
 
 def _group():

@@ -30,7 +30,7 @@ from tfos.core.messages import Progress
 VERSION = 1
 # How TensorFlow's own tensors move between the nodes. Only TensorFlow's gRPC runtime today;
 # the compiled RDMA transport joins here.
-TRANSPORTS = ("grpc",)
+TRANSPORTS = ("grpc", "rdma")
 _LEN = struct.Struct("<I")
 MAX_EVENT_BYTES = 1 << 16
 MAX_RESULT_BYTES = MAX_EVENT_BYTES - 1024   # map_fun's return value, as JSON (Returned)

@@ -40,6 +40,7 @@ class Register:
     pid: int
     python_version: str
     tf_version: str
+    transport: str = "grpc"    # how its tensors travel (tfos.executor.transport), described
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,9 @@ class TFCluster:
                                reservation_timeout=reservation_timeout,
                                release_port=release_port, **options)
         if config.rdma:
-            raise ConfigError(rdma_unavailable())
+            refusal = rdma_refusal(config, sc.master)
+            if refusal:
+                raise ConfigError(refusal)
         payload = pickle_map_fun(map_fun, tf_args)
         cluster: TFCluster | None = None
         cluster_id = secrets.token_hex(4)
@@ -296,11 +298,13 @@ class TFCluster:
 
     @property
     def cluster_info(self) -> list[dict]:
-        """One dict per node: id, job name, task index, host, TF port, process id."""
+        """One dict per node: id, job name, task index, host, TF port, process id, state and
+        the transport its tensors take ("grpc", or "rdma (<device>:<port>, ...)")."""
         return [{"executor_id": n.role.node_id, "worker_num": n.role.node_id,
                  "job_name": n.role.job_name, "task_index": n.role.task_index,
                  "host": n.host, "port": n.tf_port, "addr": f"{n.host}:{n.tf_port}",
-                 "pid": n.pid, "state": n.state.value if n.state else None}
+                 "pid": n.pid, "state": n.state.value if n.state else None,
+                 "transport": n.transport}
                 for n in self.state.nodes.values()]
 
     @classmethod
@@ -416,16 +420,30 @@ def spark_context(sc_or_session):
     return sc
 
 
+def rdma_refusal(config: ClusterConfig, master: str,
+                 sysfs_root: str | None = None) -> str:
+    """Why ``rdma=True`` cannot be honoured, decided before any node starts ("" when it can
+    go ahead; each executor host is checked again by its node tasks, see
+    ``tfos.executor.transport``). tfos never falls back to TCP on its own."""
+    if config.num_ps:
+        return ("rdma=True (--rdma) with num_ps > 0: ParameterServerStrategy moves tensors over "
+                "TensorFlow's gRPC (TCP) only, it has no RDMA path. Train with tfos.collective "
+                "(DistributedOptimizer, any worker count, rdma:// between hosts) and num_ps=0, "
+                "or drop --rdma")
+    if master.startswith("local"):   # the executors run on this very host
+        return rdma_unavailable(sysfs_root)
+    return ""
+
+
 def rdma_unavailable(sysfs_root: str | None = None) -> str:
-    """Why ``rdma=True`` cannot be honoured on this driver host (it never falls back to TCP):
-    ``python -m rdma.check``'s explanation, root cause first."""
+    """Why this host cannot run ``--rdma`` (``python -m rdma.check``'s explanation, root cause
+    first), or "" when it can."""
     from rdma import check, devices
     report = check.check(sysfs_root or devices.SYSFS_ROOT)
-    if report.problems:
-        return (f"rdma=True (--rdma): {report.explanation()}. Run python -m rdma.check on each "
-                "host for the details, or drop --rdma to use TensorFlow's gRPC transport")
-    return ("rdma=True (--rdma): this host has what RDMA needs, but this version of tfos has no "
-            "RDMA transport for TensorFlow's tensors yet; drop --rdma to use gRPC")
+    if not report.problems:
+        return ""
+    return (f"rdma=True (--rdma): {report.explanation()}. Run python -m rdma.check on each "
+            "host for the details, or drop --rdma to use TensorFlow's gRPC transport")
 
 
 def default_fs(sc) -> str:

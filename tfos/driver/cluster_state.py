@@ -43,6 +43,7 @@ class NodeRecord:
     host: str = "?"
     tf_port: int = 0
     pid: int = 0
+    transport: str = ""
     state: m.NodeState | None = None
     exit_code: int | None = None
     result: str | None = None    # map_fun's return value, as JSON text
@@ -126,6 +127,9 @@ class ClusterState:
                 self._fail(NodeFailed(f"{node.role.label}@{msg.host}", msg.host, reason))
                 return m.RegisterReply(False, reason)
             node.host, node.tf_port, node.pid = msg.host, msg.tf_port, msg.pid
+            node.transport = msg.transport
+            if msg.transport != "grpc":
+                self.output.note(f"{node.label}: tensors go over {msg.transport}")
             self.registered.add(msg.node_id)
             node.state, node.last_seen = m.NodeState.STARTING, self._clock()
             self.changed.notify_all()

@@ -38,6 +38,7 @@ from tfos.core.errors import ConfigError, DriverUnreachable, ProtocolError
 from tfos.core.runtime import python_version, tensorflow_version
 from tfos.executor import process
 from tfos.executor.control_client import ControlClient
+from tfos.executor.transport import Transport, choose_transport
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +145,17 @@ def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
                                                       f"{barrier.host}:{tf_port}"]))
             endpoints = [endpoint for _, endpoint in sorted(json.loads(g) for g in gathered)]
             cluster_spec = topology.cluster_spec(spec.config.roles, endpoints)
+        tensors = choose_transport(spec.config.rdma, barrier.host)
         reply = client.register(m.Register(
             node_id=barrier.node_id, attempt=barrier.attempt, host=barrier.host, tf_port=tf_port,
-            pid=os.getpid(), python_version=python_version(), tf_version=tensorflow_version()))
+            pid=os.getpid(), python_version=python_version(), tf_version=tensorflow_version(),
+            transport=tensors.description))
         if not reply.accepted:
             logger.error("driver refused node %s: %s", role.label, reply.reason)
             return -1
         try:
+            if tensors.problem:
+                raise ConfigError(tensors.problem)
             gpus = devices.node_gpus(role, barrier.gpus, spec.config.num_gpus,
                                      spec.config.cpu_roles)
         except ConfigError as exc:   # the node cannot start: the cluster fails, saying why
@@ -158,7 +163,7 @@ def run_node(spec: NodeStageSpec, barrier: Barrier) -> int:
                                        reason=str(exc)))
             return -1
         supervisor = NodeSupervisor(spec, client, role, barrier.host, cluster_spec,
-                                    tf_port=tf_port, gpus=gpus)
+                                    tf_port=tf_port, gpus=gpus, transport=tensors)
         return supervisor.run()
 
 
@@ -167,8 +172,10 @@ class NodeSupervisor:
 
     def __init__(self, spec: NodeStageSpec, client: ControlClient, role: topology.Role,
                  host: str, cluster_spec: dict[str, list[str]], tf_port: int = 0,
-                 gpus: list[str] | None = None):
+                 gpus: list[str] | None = None,
+                 transport: Transport = Transport("grpc", "grpc")):
         self.spec = spec
+        self.transport = transport
         self.tf_port = tf_port
         self.gpus = gpus
         self.config = spec.config
@@ -257,7 +264,8 @@ class NodeSupervisor:
             working_dir=os.getcwd(), log_dir=log_dir, restart=self.spec.restart,
             primary=self._is_primary,
             tf_port=self.tf_port, hold_port=not self.config.release_port, gpus=self.gpus,
-            parent_pid=os.getpid(), status_fd=status_fd, feed=self._feed_endpoint(scratch))
+            parent_pid=os.getpid(), status_fd=status_fd, feed=self._feed_endpoint(scratch),
+            transport=self.transport.name)
 
     def environment(self, record: launch.LaunchRecord) -> dict[str, str]:
         """The TF process's environment: this worker's, less Spark's own variables, plus what
@@ -273,6 +281,7 @@ class NodeSupervisor:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in record.gpus)
         if self.config.legacy_keras:
             env["TF_USE_LEGACY_KERAS"] = "1"
+        env.update(self.transport.nccl_env)   # only with rdma: NCCL over the RDMA port
         env.update(self.config.env)
         return env
 

@@ -43,7 +43,7 @@ def main() -> int:
         traceback.print_exc()
         return 1
     ctx.close_progress()
-    unread = ctx.unread_feed_error()
+    unread = ctx.unread_feed_error() or rdma_unused(ctx, record.gpus)
     if unread:
         print(f"tfos: {unread}", file=sys.stderr)
         return 1
@@ -55,6 +55,22 @@ def main() -> int:
         else:
             ctx.report_result(text)
     return 0
+
+
+def rdma_unused(ctx, gpus: list[str] | None) -> str | None:
+    """With ``--rdma``, why a trainer without GPUs that never joined ``tfos.collective`` fails:
+    its tensors went by TensorFlow's gRPC over TCP (on CPUs MultiWorkerMirroredStrategy has no
+    RDMA path), which is not what was asked for. With GPUs, NCCL took the RDMA port."""
+    if ctx.transport != "rdma" or ctx.num_workers < 2 or ctx.job_name not in (
+            "chief", "master", "worker") or gpus is None or gpus:
+        return None
+    collective = sys.modules.get("tfos.collective")
+    if collective is not None and collective.joined():
+        return None
+    return ("rdma=True (--rdma), but this node has no GPU and never called "
+            "tfos.collective.init(ctx): its tensors went over TensorFlow's gRPC (TCP), since on "
+            "CPUs MultiWorkerMirroredStrategy has no RDMA path. Train with tfos.collective "
+            "(DistributedOptimizer or DistributedGradientTape) or drop --rdma")
 
 
 def result_json(value) -> tuple[str | None, str]:
