@@ -38,6 +38,7 @@
 #define DEFAULT_LIBRARY "libibverbs.so.1"
 #define MAX_PORTS 8               /* ports probed per device when none is named */
 #define HARVEST_BATCH 16
+#define CLOSE_GRACE_MS 200        /* see after_hang_up */
 
 /* ---- libibverbs, bound at run time --------------------------------------------------------- */
 
@@ -78,10 +79,10 @@ static int load_library(char *err) {
     int rc = TFOS_NIC_OK;
     void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        rc = say(err, TFOS_NIC_EIO,
-                 "verbs: cannot load %s (%s): install rdma-core's libibverbs and the provider "
-                 "of your NIC (Debian/Ubuntu: apt install libibverbs1 ibverbs-providers), or "
-                 "set TFOS_IBVERBS_LIBRARY to the library's path", path, dlerror());
+        const char *why = dlerror();
+        rc = say(err, TFOS_NIC_EIO, "verbs: cannot load %s%s%s; install libibverbs (apt install "
+                 "libibverbs1 ibverbs-providers) or set TFOS_IBVERBS_LIBRARY to its path",
+                 strstr(why, path) ? "" : path, strstr(why, path) ? "" : ": ", why);
         goto out;
     }
     verbs_library found;
@@ -372,6 +373,30 @@ static int on_closed(verbs_nic *n, char *err) {
     return rc;
 }
 
+/* The peer hung up. Writes still in flight may yet complete with the error that made it
+ * close (a refused key, say), and that error is the root cause to report: give them a short
+ * grace before calling the link closed. A peer that died leaves them unanswered. */
+static int after_hang_up(verbs_nic *n, tfos_completion *out, int max, char *err) {
+    int64_t deadline = now_ms() + CLOSE_GRACE_MS;
+    for (;;) {
+        int got = take(n, out, max, err);
+        pthread_mutex_lock(&n->lock);
+        int waiting = n->in_flight > 0 && !n->failed;
+        pthread_mutex_unlock(&n->lock);
+        int64_t left = deadline - now_ms();
+        if (got || !waiting || left <= 0) return got ? got : on_closed(n, err);
+        struct pollfd p = {n->channel->fd, POLLIN, 0};
+        int rc = arm(n, err);
+        if (rc) return rc;
+        if ((got = take(n, out, max, err))) return got;
+        if (poll(&p, 1, (int)left) == 1) {
+            struct ibv_cq *cq;
+            void *cq_context;
+            if (lib.get_cq_event(n->channel, &cq, &cq_context) == 0) lib.ack_cq_events(cq, 1);
+        }
+    }
+}
+
 static int verbs_poll(tfos_nic *nic, tfos_completion *out, int max, int timeout_ms, char *err) {
     verbs_nic *n = (verbs_nic *)nic;
     if (max <= 0 || !out)
@@ -397,8 +422,7 @@ static int verbs_poll(tfos_nic *nic, tfos_completion *out, int max, int timeout_
         case WOKE_INTERRUPT:
             return link_say(n, err, TFOS_NIC_ETIMEDOUT, "poll() interrupted");
         case WOKE_CLOSED:
-            got = take(n, out, max, err);
-            return got ? got : on_closed(n, err);
+            return after_hang_up(n, out, max, err);
         case WOKE_TIMEOUT:
             got = take(n, out, max, err);
             if (got) return got;
@@ -537,10 +561,10 @@ static int verbs_alloc_mr(tfos_nic *nic, uint64_t length, tfos_mr *out, char *er
             char limit[32];
             describe_memlock(limit, sizeof limit);
             return link_say(n, err, TFOS_NIC_ENOMEM,
-                            "cannot register %" PRIu64 " bytes (ibv_reg_mr: %s): the "
-                            "locked-memory limit is %s; raise it (ulimit -l unlimited; "
-                            "memlock in /etc/security/limits.conf, LimitMEMLOCK= for systemd, "
-                            "--ulimit memlock=-1 for containers)", length, strerror(e), limit);
+                            "cannot register %" PRIu64 " bytes (%s): locked-memory limit "
+                            "%s; raise it: ulimit -l unlimited, memlock in limits.conf, "
+                            "LimitMEMLOCK= (systemd), --ulimit memlock=-1 (docker)", length,
+                            strerror(e), limit);
         }
         return link_say(n, err, TFOS_NIC_EIO, "cannot register %" PRIu64 " bytes (ibv_reg_mr: "
                         "%s)", length, strerror(e));
@@ -644,10 +668,9 @@ static int open_device(verbs_nic *n, const tfos_verbs_options *o, struct ibv_por
         int e = errno;
         if (list) lib.free_device_list(list);
         return say(err, TFOS_NIC_EIO,
-                   "verbs: no RDMA device found (%s lists none%s%s): check ibv_devices, that "
-                   "the NIC's kernel driver and ib_uverbs are loaded and /dev/infiniband/uverbs* "
-                   "exist and are readable; python -m rdma.check says what is missing",
-                   lib.path, e ? ": " : "", e ? strerror(e) : "");
+                   "verbs: no RDMA device found (%s lists none%s%s): are the NIC's driver and "
+                   "ib_uverbs loaded, /dev/infiniband/uverbs* readable? python -m rdma.check "
+                   "tells", lib.path, e ? ": " : "", e ? strerror(e) : "");
     }
     char names[160] = "", downs[200] = "";
     int matched = 0, rc = TFOS_NIC_OK;
@@ -932,7 +955,7 @@ static void name_peer(verbs_nic *n, int fd, const char *peer) {
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
         snprintf(n->base.peer, sizeof n->base.peer, "[%s]:%d", host, ntohs(in6->sin6_port));
     } else {
-        snprintf(n->base.peer, sizeof n->base.peer, "at the end of fd %d", fd);
+        snprintf(n->base.peer, sizeof n->base.peer, "on fd %d", fd);
     }
 }
 
