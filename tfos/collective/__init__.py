@@ -30,7 +30,9 @@ Every rank must make the same collective calls in the same order: one that does 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import tempfile
 import threading
 
@@ -64,40 +66,61 @@ _state: dict = {}
 _joined = threading.Event()
 
 
-def init(ctx, timeout: float = 120.0, rdma: bool | None = None) -> None:
-    """Joins this node to its cluster's collective group (the chief and the workers).
+def init(ctx=None, timeout: float = 120.0, rdma: bool | None = None,
+         secret: bytes | None = None) -> None:
+    """Joins this process to its cluster's collective group (the chief and the workers).
 
-    ``ctx`` is ``main_fun``'s context. Returns once the ring is linked; the other members have
-    ``timeout`` seconds to arrive. ``rdma``: links between hosts over ``rdma://`` (default:
-    whatever ``TFCluster.run(rdma=...)`` chose); a host without a usable RDMA device raises
-    ``rdma.errors.TransportUnavailable`` saying what is missing, never falls back to TCP.
+    ``ctx`` is ``main_fun``'s context. Outside tfos (a plain TensorFlow script), leave it out:
+    the cluster and this task come from ``TF_CONFIG`` and ``secret`` (at least 16 random bytes,
+    the same in every process) authenticates the links. Returns once the ring is linked; the
+    other members have ``timeout`` seconds to arrive. ``rdma``: links between hosts over
+    ``rdma://`` (default: whatever ``TFCluster.run(rdma=...)`` chose); a host without a usable
+    RDMA device raises ``rdma.errors.TransportUnavailable`` saying what is missing, it never
+    falls back to TCP.
     """
     from rdma.collective import Group
+    if ctx is None:
+        spec, job, index = _from_tf_config()
+        bind_all, transport = False, "grpc"
+    else:
+        spec, job, index = ctx.cluster_spec, ctx.job_name, ctx.task_index
+        secret = getattr(ctx, "_secret", None)
+        bind_all, transport = getattr(ctx, "_bind_all", False), getattr(ctx, "transport", "")
+    if not secret:
+        raise ConfigError("tfos.collective.init(): no secret to authenticate the links with; "
+                          "pass the ctx tfos gave main_fun, or secret=<the same random bytes in "
+                          "every process> with TF_CONFIG set")
     with _lock:
         if _state:
             return
-        members = _members(ctx.cluster_spec)
-        me = (ctx.job_name, ctx.task_index)
+        members = _members(spec)
+        me = (job, index)
         if me not in members:
             raise ConfigError(
-                f"tfos.collective.init() on {ctx.job_name}:{ctx.task_index}: only the chief and "
-                f"the workers train with collectives ({len(members)} in this cluster); do not "
-                f"call it in {ctx.job_name} nodes")
-        secret = getattr(ctx, "_secret", None)
-        if not secret:
-            raise ConfigError("tfos.collective.init(ctx): this context carries no cluster "
-                              "secret; pass the ctx tfos gave main_fun")
-        use_rdma = getattr(ctx, "transport", "grpc") == "rdma" if rdma is None else rdma
-        addresses = ring_addresses([ctx.cluster_spec[job][index] for job, index in members],
-                                   secret, use_rdma, bind_all=getattr(ctx, "_bind_all", False))
+                f"tfos.collective.init() on {job}:{index}: only the chief and the workers "
+                f"train with collectives ({len(members)} in this cluster); do not call it in "
+                f"{job} nodes")
+        use_rdma = transport == "rdma" if rdma is None else rdma
+        addresses = ring_addresses([spec[j][i] for j, i in members], secret, use_rdma,
+                                   bind_all=bind_all)
         rank = members.index(me)
         group = Group.join(rank, addresses, secret, timeout=timeout)
-        hosts = [_host(ctx.cluster_spec[job][index]) for job, index in members]
+        hosts = [_host(spec[j][i]) for j, i in members]
         _state.update(group=group, hosts=hosts, addresses=addresses)
         _joined.set()
         logger.info("tfos.collective: rank %d of %d; receives over %s, sends to rank %d over %s",
                     rank, len(members), _scheme(addresses[rank]), (rank + 1) % len(members),
                     _scheme(addresses[(rank + 1) % len(members)]))
+
+
+def _from_tf_config() -> tuple[dict, str, int]:
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        return config["cluster"], config["task"]["type"], int(config["task"]["index"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"tfos.collective.init() without ctx reads the cluster from "
+                          f"TF_CONFIG, which is missing or has no cluster/task ({exc!r}); pass "
+                          "main_fun's ctx instead") from None
 
 
 def ring_addresses(nodes: list[str], secret: bytes, rdma: bool = False,
