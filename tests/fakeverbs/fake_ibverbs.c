@@ -844,8 +844,8 @@ static int transition_ok(int from, int to, int mask) {
 static int values_ok(const struct ibv_qp_attr *a, int mask) {
     if ((mask & IBV_QP_PORT) && a->port_num != 1) return 0;
     if ((mask & IBV_QP_PKEY_INDEX) && a->pkey_index != 0) return 0;
-    if ((mask & IBV_QP_PATH_MTU) && ((int)a->path_mtu < IBV_MTU_256 || (int)a->path_mtu > active_mtu()))
-        return 0;
+    int mtu = (int)a->path_mtu;
+    if ((mask & IBV_QP_PATH_MTU) && (mtu < IBV_MTU_256 || mtu > active_mtu())) return 0;
     if ((mask & (IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_SQ_PSN)) &&
         (a->dest_qp_num > 0xffffff || a->rq_psn > 0xffffff || a->sq_psn > 0xffffff))
         return 0;

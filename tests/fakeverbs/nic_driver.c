@@ -155,12 +155,24 @@ static const uint64_t sizes[] = {0, 1, 2, 3, 63, 64, 4095, 4096, 4097, 65536, 1 
 
 static uint64_t offset_of(unsigned i) { return sizes[i] == 16 << 20 ? 0 : 7 * i + 1; }
 
+/* The next immediate; the SENT completions met on the way are checked and counted (a peer
+ * may answer before this side's own send completion arrives). */
+static tfos_completion next_immediate(tfos_nic *nic, unsigned *sent) {
+    for (;;) {
+        tfos_completion c = next(nic, 10000);
+        if (c.kind == TFOS_NIC_RECV_IMM) return c;
+        if (c.wr_id != 100 + *sent) fail("SENT wr_id %" PRIu64 ", wanted %u", c.wr_id, 100 + *sent);
+        ++*sent;
+    }
+}
+
 static void pingpong(tfos_nic *nic, int fd, int client) {
     tfos_mr send, recv;
     alloc(nic, REGION, &send);
     alloc(nic, REGION, &recv);
     tfos_remote_mr peer = trade(nic, fd, &recv);
     uint8_t *in = recv.addr;
+    unsigned sent = 0;
     int64_t start = now_ms();
     for (unsigned i = 0; i < NSIZES; i++) {
         uint64_t n = sizes[i], off = offset_of(i);
@@ -169,27 +181,21 @@ static void pingpong(tfos_nic *nic, int fd, int client) {
             fill((uint8_t *)send.addr + off, n, i);
             post(nic, &send, off, &peer, off, n, TFOS_NIC_IMM, i, 100 + i);
         }
-        int sent = !client, echoed = 0;
-        while (!sent || !echoed) {
-            tfos_completion c = next(nic, 10000);
-            if (c.kind == TFOS_NIC_SENT) {
-                if (c.wr_id != 100 + i) fail("SENT wr_id %" PRIu64 ", wanted %u", c.wr_id, 100 + i);
-                sent = 1;
-                continue;
-            }
-            uint32_t want = client ? (ECHO | i) : i;
-            if (c.imm != want || c.length != n)
-                fail("immediate %x of %" PRIu64 " bytes, wanted %x of %" PRIu64, c.imm, c.length,
-                     want, n);
-            if (!same(in + off, n, i)) fail("the %" PRIu64 "-byte write landed wrong", n);
-            if (client && ((off && in[off - 1] != 0xee) || in[off + n] != 0xee))
-                fail("the %" PRIu64 "-byte write touched bytes outside its range", n);
-            echoed = 1;
-            if (!client) {        /* echo straight out of the receive region */
-                post(nic, &recv, off, &peer, off, n, TFOS_NIC_IMM, ECHO | i, 100 + i);
-                sent = 0;
-            }
-        }
+        tfos_completion c = next_immediate(nic, &sent);
+        uint32_t want = client ? (ECHO | i) : i;
+        if (c.imm != want || c.length != n)
+            fail("immediate %x of %" PRIu64 " bytes, wanted %x of %" PRIu64, c.imm, c.length,
+                 want, n);
+        if (!same(in + off, n, i)) fail("the %" PRIu64 "-byte write landed wrong", n);
+        if (client && ((off && in[off - 1] != 0xee) || in[off + n] != 0xee))
+            fail("the %" PRIu64 "-byte write touched bytes outside its range", n);
+        if (!client)              /* echo straight out of the receive region */
+            post(nic, &recv, off, &peer, off, n, TFOS_NIC_IMM, ECHO | i, 100 + i);
+    }
+    while (sent < NSIZES) {
+        tfos_completion c = next(nic, 10000);
+        if (c.kind != TFOS_NIC_SENT || c.wr_id != 100 + sent++)
+            fail("completion kind %d wr_id %" PRIu64 " after the last echo", c.kind, c.wr_id);
     }
     int64_t ms = now_ms() - start;
     printf("pingpong: %zu sizes up to 16 MiB in %" PRId64 " ms\n", NSIZES, ms);
