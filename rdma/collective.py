@@ -139,18 +139,17 @@ class Group:
             raise ValueError(f"op={op!r}: use one of {[*REDUCTIONS, 'mean']}")
         call = self._call("allreduce", array, reduce=op)
         reduce = REDUCTIONS["sum" if op == "mean" else op]
-        if self.size > 1 and 0 < array.nbytes < SMALL_BYTES:
-            result = self._allgather_flat(call, array.reshape(-1))
-            result = reduce.reduce(result, axis=0, dtype=result.dtype)
+        flat = array.reshape(-1)
+        if self.size == 1 or not flat.size:
+            result = flat.copy()
+        elif array.nbytes < SMALL_BYTES:
+            result = reduce.reduce(self._allgather_flat(call, flat), axis=0, dtype=flat.dtype)
         else:
-            result = array.reshape(-1).copy()
-            if self.size > 1 and result.size:
-                self._ring_allreduce(call, result, reduce)
+            result = np.empty_like(flat)
+            self._ring_allreduce(call, flat, result, reduce, op == "mean")
+            return result.reshape(array.shape)     # the ring divided the mean chunk by chunk
         if op == "mean":
-            if np.issubdtype(result.dtype, np.integer):
-                result //= self.size
-            else:
-                result /= self.size
+            _divide(result, self.size)
         return result.reshape(array.shape)
 
     def allgather(self, tensor) -> np.ndarray:
@@ -221,22 +220,31 @@ class Group:
         self.close()
 
     # -- the ring -------------------------------------------------------------------------------
-    def _ring_allreduce(self, call: Call, flat: np.ndarray, reduce) -> None:
+    def _ring_allreduce(self, call: Call, flat: np.ndarray, out: np.ndarray, reduce,
+                        mean: bool) -> None:
+        """``out`` = the reduction of every rank's ``flat``; ``flat`` is only read (no copy of
+        it is made: the first reduction of each chunk reads it straight)."""
         n = self.size
         bounds = np.linspace(0, flat.size, n + 1).astype(np.int64)
-        chunk = [flat[bounds[i]:bounds[i + 1]] for i in range(n)]
+        mine = [flat[bounds[i]:bounds[i + 1]] for i in range(n)]
+        chunk = [out[bounds[i]:bounds[i + 1]] for i in range(n)]
         for step in range(n - 1):       # reduce-scatter: rank r ends with chunk r+1 complete
-            self._exchange(call, chunk[(self.rank - step) % n],
-                           chunk[(self.rank - step - 1) % n], reduce)
+            send = (self.rank - step) % n
+            recv = (self.rank - step - 1) % n
+            self._exchange(call, mine[send] if step == 0 else chunk[send], chunk[recv], reduce,
+                           own=mine[recv])
+        if mean:                        # only the complete chunk: the allgather spreads it
+            _divide(chunk[(self.rank + 1) % n], n)
         for step in range(n - 1):       # allgather the complete chunks
             self._exchange(call, chunk[(self.rank - step + 1) % n],
                            chunk[(self.rank - step) % n], None)
 
-    def _exchange(self, call: Call, outgoing: np.ndarray, incoming: np.ndarray, reduce) -> None:
+    def _exchange(self, call: Call, outgoing: np.ndarray, incoming: np.ndarray, reduce,
+                  own: np.ndarray | None = None) -> None:
         """Sends ``outgoing`` to the next rank while receiving into ``incoming`` from the
-        previous one (reduced into it when ``reduce``)."""
+        previous one (with ``reduce``: ``incoming`` = reduce(``own``, what arrived))."""
         self._send(call, outgoing)
-        self._receive(call, incoming, reduce)
+        self._receive(call, incoming, reduce, own)
         self._wait_sent()
 
     def _send(self, call: Call, data: np.ndarray) -> None:
@@ -259,7 +267,8 @@ class Group:
             except CommError as exc:
                 self._sent.put(exc)
 
-    def _receive(self, call: Call, into: np.ndarray, reduce) -> None:
+    def _receive(self, call: Call, into: np.ndarray, reduce,
+                 own: np.ndarray | None = None) -> None:
         message = self._prev.recv(timeout=self._timeout)
         (length,) = _HEADER.unpack_from(message)
         theirs = _decode(bytes(message[_HEADER.size:_HEADER.size + length]))
@@ -275,13 +284,21 @@ class Group:
         if reduce is None:
             into[...] = payload
         else:
-            reduce(into, payload, out=into)
+            reduce(into if own is None else own, payload, out=into)
 
     def _call(self, op: str, array: np.ndarray, reduce: str = "", root: int = -1) -> Call:
         if array.dtype.kind not in "biuf":
             raise TypeError(f"{op}: dtype {array.dtype} is not a number type")
         self._seq += 1
         return Call(self._seq, op, str(array.dtype), tuple(array.shape), reduce, root)
+
+
+def _divide(values: np.ndarray, count: int) -> None:
+    """The mean's division, in place (integers round down)."""
+    if np.issubdtype(values.dtype, np.integer):
+        values //= count
+    else:
+        values /= count
 
 
 def _connect_retrying(rank: int, peer: int, address: str, secret: bytes,

@@ -76,6 +76,10 @@ def every_operation(group):
         out[f"min-{dtype}"] = group.allreduce(x, "min")
     out["mean"] = group.allreduce(tensor(group.rank, (5,), "float32"), "mean")
     out["big"] = group.allreduce(tensor(group.rank, (1 << 20,), "float32"))
+    # The ring (over SMALL_BYTES) for the other reductions too; it divides means per chunk.
+    out["big-mean"] = group.allreduce(tensor(group.rank, (1 << 15,), "int64"), "mean")
+    signed = tensor(group.rank, (1 << 15,), "float32") * (-1) ** group.rank
+    out["big-max"] = group.allreduce(signed, "max")
     out["tiny"] = group.allreduce(np.array([group.rank], np.int64))     # fewer values than ranks
     out["gather"] = group.allgather(tensor(group.rank, (2, 3), "int32"))
     out["bcast"] = group.broadcast(tensor(group.rank, (1000,), "float64"), root=group.size - 1)
@@ -102,7 +106,11 @@ def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path):
                 np.testing.assert_allclose(got, value, rtol=1e-3 if dtype == "float16" else 1e-6)
     big = sum(tensor(r, (1 << 20,), "float32").astype(np.float64) for r in range(size))
     means = np.mean([tensor(r, (5,), "float32") for r in range(size)], axis=0)
+    inputs = [tensor(r, (1 << 15,), "int64") for r in range(size)]
+    signed = [tensor(r, (1 << 15,), "float32") * (-1) ** r for r in range(size)]
     for answer in answers:
+        assert answer["big-mean"].tolist() == (sum(inputs) // size).tolist()
+        assert answer["big-max"].tolist() == np.maximum.reduce(signed).tolist()
         np.testing.assert_allclose(answer["big"], big, rtol=1e-6)
         np.testing.assert_allclose(answer["mean"], means, rtol=1e-6)
         assert answer["tiny"].tolist() == [sum(range(size))]
