@@ -39,6 +39,7 @@
 #define MAX_PORTS 8               /* ports probed per device when none is named */
 #define HARVEST_BATCH 16
 #define CLOSE_GRACE_MS 200        /* see after_hang_up */
+#define LINGER_MS 1000            /* see verbs_destroy */
 
 /* ---- libibverbs, bound at run time --------------------------------------------------------- */
 
@@ -607,10 +608,18 @@ static void teardown(verbs_nic *n) {
     free(n);
 }
 
+/* Closing: the hang-up tells the peer's carrier; the queue pair then lives on until the peer
+ * hangs up too (or LINGER_MS passes), so writes the peer still has in flight get their
+ * acknowledgement instead of a retry-exceeded error, on a device as with the fake. */
 static void verbs_destroy(tfos_nic *nic) {
     verbs_nic *n = (verbs_nic *)nic;
     if (!n) return;
-    shutdown(n->boot_fd, SHUT_WR);   /* the peer's carrier takes the hang-up as our close */
+    shutdown(n->boot_fd, SHUT_WR);
+    int64_t deadline = now_ms() + LINGER_MS;
+    for (int64_t left = LINGER_MS; left > 0 && !peer_gone(n); left = deadline - now_ms()) {
+        struct pollfd p = {n->boot_fd, POLLRDHUP, 0};
+        if (poll(&p, 1, (int)left) < 0 && errno != EINTR) break;
+    }
     teardown(n);
 }
 

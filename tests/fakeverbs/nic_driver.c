@@ -365,6 +365,20 @@ static void pair(tfos_nic **a, tfos_nic **b) {
     *b = other.nic;
 }
 
+static void *destroy_later(void *arg) {
+    tfos_nic *nic = arg;
+    nic->ops->destroy(nic);
+    return NULL;
+}
+
+/* Both ends at once, as two processes would (each destroy lingers for the other's close). */
+static void destroy_both(tfos_nic *a, tfos_nic *b) {
+    pthread_t t;
+    pthread_create(&t, NULL, destroy_later, b);
+    a->ops->destroy(a);
+    pthread_join(t, NULL);
+}
+
 /* A create that must fail with code and a message holding needle. */
 static void refused(int fd, const tfos_verbs_options *o, int code, const char *needle) {
     tfos_nic *nic = NULL;
@@ -418,8 +432,7 @@ static void solo(const char *mode) {
             fail("alloc_mr past the memlock limit gave %d %s", rc, err);
         whole(err);
         printf("alloc_mr: %d %s\n", rc, err);
-        a->ops->destroy(a);
-        b->ops->destroy(b);
+        destroy_both(a, b);
     } else if (!strcmp(mode, "interrupt")) {
         tfos_nic *a, *b;
         pair(&a, &b);
@@ -439,10 +452,15 @@ static void solo(const char *mode) {
         if (rc != TFOS_NIC_ETIMEDOUT || waited < 150 || waited > 3000)
             fail("interrupted poll(-1) gave %d after %" PRId64 " ms", rc, waited);
         printf("interrupted after %" PRId64 " ms\n", waited);
-        b->ops->destroy(b);        /* a's peer closes: a hears it */
+        pthread_create(&t, NULL, destroy_later, b);   /* a's peer closes: a hears it at once */
+        start = now_ms();
         rc = a->ops->poll(a, &c, 1, 5000, err);
-        if (rc != TFOS_NIC_ECLOSED) fail("after the peer's destroy poll gave %d %s", rc, err);
-        a->ops->destroy(a);
+        waited = now_ms() - start;
+        if (rc != TFOS_NIC_ECLOSED || waited > 500)
+            fail("after the peer's destroy poll gave %d after %" PRId64 " ms: %s", rc, waited,
+                 err);
+        a->ops->destroy(a);                            /* which ends b's linger */
+        pthread_join(t, NULL);
     } else {
         fail("unknown solo mode %s", mode);
     }
