@@ -3,14 +3,21 @@
  * carry no buffer (the bytes land where the writer aimed them) and are reposted as they are
  * consumed; one completion queue with a completion channel serves both directions.
  *
- * What was checked where. Against rdma-core 44's real headers and library (by
- * tests/unit/test_verbs_carrier.py, where they are installed): every struct layout and enum
- * value of ibv_abi.h, that each symbol bound below is exported, and the "no device" path of
- * the real library on a host without RDMA. Against the test-only fake libibverbs
- * (tests/fakeverbs) only, between real processes: the queue-pair state transitions and their
- * attribute masks, PSN/QPN/GID/LID agreement, writes and immediates delivered, rkeys and
- * bounds enforced, receive reposting, the completion-channel protocol, a dead peer. Not yet
- * run on a real RDMA device. */
+ * What was checked where. Against rdma-core 44's real headers and library (installed for
+ * the purpose; tests/unit/test_verbs_carrier.py repeats both checks wherever they are
+ * installed and skips them elsewhere): every struct layout and enum value of ibv_abi.h, that
+ * each symbol bound below is exported, and the real library's "no device" answer (ENOSYS on a
+ * kernel without RDMA) turned into our message. Against the test-only fake libibverbs
+ * (tests/fakeverbs) only, between real processes: the RC state transitions and their attribute
+ * masks, PSN/QPN/GID/LID agreement, writes and immediates delivered byte-exact, rkeys and
+ * bounds enforced by the "device", receive reposting, a full send queue, the completion-channel
+ * arm/get/ack protocol, a killed peer, memlock refusals. Not yet run on an RDMA device: the
+ * timing constants (spin, RNR timer, retry timeout, close grace) are untuned there.
+ *
+ * Not done: async events (ibv_get_async_event: port down, a QP access error on the responder
+ * side) are not read, so a responder learns of a peer's refused write only as flushed receives;
+ * ibv_fork_init is not called (kernels from 5.13 with rdma-core 35+ need none); one queue pair
+ * per link, one SGE, no inline data or unsignalled batching. */
 #define _GNU_SOURCE
 #include "verbs_carrier.h"
 

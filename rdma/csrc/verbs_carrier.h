@@ -10,9 +10,12 @@
  * work requests, then exchange one "ready" byte so neither writes before the other can take
  * it. After that the carrier never reads bootstrap_fd again (the caller may still use it, for
  * example to trade its first region descriptors); it only watches it for hang-up, so poll()
- * returns TFOS_NIC_ECLOSED as soon as the peer process is gone. The carrier works on its own
- * dup() of the descriptor; destroy() shuts the socket down for writing, which the peer's
- * carrier takes as the close of the link.
+ * returns TFOS_NIC_ECLOSED as soon as the peer process is gone (after a grace of 200 ms when
+ * this side has writes in flight, so that an error that made the peer close, such as a
+ * refused key, is reported instead). The carrier works on its own dup() of the descriptor;
+ * destroy() shuts the socket down for writing, which the peer's carrier takes as the close of
+ * the link, and keeps the queue pair until the peer closes too (at most 1 s) so the peer's
+ * last writes are acknowledged.
  *
  * Threads: write() and poll() may be called from different threads; poll() from one thread
  * at a time. */
