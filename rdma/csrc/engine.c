@@ -343,6 +343,10 @@ static int on_message(tfos_engine *e, uint32_t imm, uint64_t length, int kind) {
     if (value != (e->rx_seq & TFOS_IMM_VALUE))
         return out_of_sequence(e, kind == TFOS_IMM_EAGER ? "message" : "announcement",
                                e->rx_seq, imm);
+    if (e->land_state == LAND_PROMISED)   /* writes arrive in order: its DATA was lost */
+        return break_link(e, TFOS_ENGINE_EPROTO, "%s: message #%" PRIu64 " arrived before the "
+                          "payload of #%" PRIu64 " was announced complete (a lost immediate): "
+                          "the link is unusable, reconnect", e->name, e->rx_seq, e->land_seq);
     en.seq = e->rx_seq;
     if (kind == TFOS_IMM_EAGER) {
         if (length > (uint64_t)e->reader.capacity)

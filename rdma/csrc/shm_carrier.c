@@ -507,7 +507,7 @@ static int recv_hello(shm_nic *n, int64_t deadline, hello *h, int *fd, char *err
     if (got < 0) return fail(err, TFOS_NIC_ECLOSED, "shm set-up: %s", strerror(errno));
     if (got != (ssize_t)sizeof *h || memcmp(h->magic, HELLO_MAGIC, 8) || h->version != VERSION ||
         *fd < 0 || (msg.msg_flags & MSG_CTRUNC))
-        return fail(err, TFOS_NIC_EINVAL, "shm set-up: the peer did not send a tfos core arena "
+        return fail(err, TFOS_NIC_EIO, "shm set-up: the peer did not send a tfos core arena "
                     "(wrong version or not a tfos core): run the same tfos on both ends");
     return 0;
 }
