@@ -32,7 +32,7 @@ try:
 except ImportError as error:   # a host without a C compiler: said when a link is asked for
     _core, _MISSING = None, str(error)
 
-__all__ = ["loopback_pair", "shm_link", "shm_connect", "shm_accept", "require_core"]
+__all__ = ["loopback_pair", "require_core", "shm_accept", "shm_connect", "shm_link"]
 
 
 def require_core():
@@ -83,7 +83,7 @@ def shm_connect(path: str, secret: bytes, timeout: float | None = 10.0, **opts):
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-        except socket.timeout:
+        except TimeoutError:
             raise CommTimeout(f"connecting to {path}: no answer within {timeout:g} s") from None
         except OSError as error:
             raise ConnectFailed(f"cannot connect to {path}: {error} (is the other end "
@@ -101,7 +101,7 @@ def shm_accept(listener: socket.socket, secret: bytes, timeout: float | None = 1
     listener.settimeout(timeout)
     try:
         conn, _ = listener.accept()
-    except socket.timeout:
+    except TimeoutError:
         raise CommTimeout(f"no connection within {timeout:g} s on "
                           f"{listener.getsockname()}") from None
     try:
