@@ -622,13 +622,21 @@ static int stage_alloc(tfos_engine *e, int64_t n, int64_t deadline, uint64_t *of
     return 0;
 }
 
-static int find_region(tfos_engine *e, const void *base, uint64_t len) {
-    const uint8_t *p = base;
-    for (int i = 0; i < e->nregions; i++) {
-        const uint8_t *a = e->regions[i].addr;
-        if (p >= a && p + len <= a + e->regions[i].length) return i;
-    }
-    return -1;
+static int inside(const tfos_mr *mr, const void *base, uint64_t len) {
+    const uint8_t *p = base, *a = mr->addr;
+    return p >= a && p + len <= a + mr->length;
+}
+
+/* The registered region holding [base, base + len), copied into *out: alloc()'d memory, or a
+ * message received on this link (forwarding one needs no staging copy either). */
+static int find_region(tfos_engine *e, const void *base, uint64_t len, tfos_mr *out) {
+    const tfos_mr *hit = NULL;
+    for (int i = 0; i < e->nregions && !hit; i++)
+        if (inside(&e->regions[i], base, len)) hit = &e->regions[i];
+    if (!hit && e->has_landing && inside(&e->landing, base, len)) hit = &e->landing;
+    if (!hit && inside(&e->ring, base, len)) hit = &e->ring;
+    if (hit) *out = *hit;
+    return hit != NULL;
 }
 
 static void gather(uint8_t *dst, const tfos_iov *parts, int nparts) {
@@ -644,7 +652,7 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
     int64_t start, end, needed, stage_end = -1;
     uint64_t local_offset, wr;
     tfos_mr local = e->stage;
-    int region, rc;
+    int rc;
     if (tfos_ring_writer_reserve(&e->writer, inflate((int64_t)total, e->tx_slot), &start, &end,
                                  &needed, rerr))
         return fail(err, TFOS_NIC_EINVAL, "%s: %s", e->name, rerr);
@@ -664,9 +672,7 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
         if (rc) return rc;
     }
     if ((rc = wait_for(e, posted_room, NULL, deadline, 1, err))) return rc;
-    region = nparts == 1 && total ? find_region(e, parts[0].base, total) : -1;
-    if (region >= 0) {
-        local = e->regions[region];
+    if (nparts == 1 && total && find_region(e, parts[0].base, total, &local)) {
         local_offset = (uint64_t)((const uint8_t *)parts[0].base - (uint8_t *)local.addr);
         e->stats.direct_bytes += total;
     } else {
@@ -683,7 +689,7 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
     tfos_ring_writer_commit(&e->writer, end);
     e->tx_seq++;
     e->stats.sent_eager++;
-    if (region >= 0) return wait_for(e, completed, &wr, NO_DEADLINE, 1, err);
+    if (stage_end < 0) return wait_for(e, completed, &wr, NO_DEADLINE, 1, err);
     return 0;
 }
 
@@ -714,16 +720,13 @@ static int rdv_payload(tfos_engine *e, const tfos_iov *parts, int nparts, uint64
     int i = 0, rc;
     uint64_t in_part = 0;
     while (off < total) {
-        int region;
+        tfos_mr mr;
         while (in_part == parts[i].len) i++, in_part = 0;
-        region = find_region(e, parts[i].base, parts[i].len);
-        if (region >= 0) {
-            tfos_mr mr;
+        if (find_region(e, parts[i].base, parts[i].len, &mr)) {
             if ((rc = wait_for(e, posted_room, NULL, deadline, 1, err))) return rc;
-            if ((region = find_region(e, parts[i].base, parts[i].len)) < 0)
+            if (!find_region(e, parts[i].base, parts[i].len, &mr))
                 return fail(err, TFOS_NIC_EINVAL, "%s: registered memory was freed while it "
                             "was being sent", e->name);
-            mr = e->regions[region];
             n = parts[i].len - in_part;
             if (n > DIRECT_CHUNK) n = DIRECT_CHUNK;
             local_offset = (uint64_t)((const uint8_t *)parts[i].base + in_part -
@@ -740,8 +743,7 @@ static int rdv_payload(tfos_engine *e, const tfos_iov *parts, int nparts, uint64
             int j = i;
             uint64_t at = in_part;
             while (j < nparts && want < (uint64_t)e->opts.chunk_bytes) {
-                if (parts[j].len > at && find_region(e, parts[j].base, parts[j].len) >= 0)
-                    break;
+                if (parts[j].len > at && find_region(e, parts[j].base, parts[j].len, &mr)) break;
                 want += parts[j].len - at;
                 j++, at = 0;
             }
