@@ -126,8 +126,8 @@ def bench_memcpy(sizes, seconds):
     for size in sizes:
         src, dst = np.ones(size, np.uint8), np.empty(size, np.uint8)
         # one copy per one-way trip: a "round trip" is two copies
-        out[size] = time_round_trips(lambda: (np.copyto(dst, src), np.copyto(src, dst)),
-                                     seconds)
+        out[size] = time_round_trips(
+            lambda src=src, dst=dst: (np.copyto(dst, src), np.copyto(src, dst)), seconds)
     return out
 
 
@@ -142,7 +142,7 @@ def bench_socketpair(sizes, seconds):
             message, back = np.ones(size, np.uint8), memoryview(bytearray(size))
             header, reply = np.array([size], _LENGTH).tobytes(), memoryview(bytearray(8))
 
-            def round_trip():
+            def round_trip(header=header, message=message, reply=reply, back=back):
                 near.sendall(header)
                 near.sendall(message)
                 recv_exact(near, reply)
@@ -168,7 +168,7 @@ def bench_shm_comm(sizes, seconds):
                 for size in sizes:
                     message = np.ones(size, np.uint8)
 
-                    def round_trip():
+                    def round_trip(message=message):
                         comm.send([message], timeout=120)
                         comm.recv(timeout=120)
 
