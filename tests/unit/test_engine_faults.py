@@ -211,7 +211,7 @@ def test_shm_peer_killed_while_we_wait_to_receive(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             reader.join(LIMIT)
             assert isinstance(got[-1], CommClosed) and "died" in str(got[-1])
-            assert time.monotonic() - killed < 0.5
+            assert time.monotonic() - killed < 1.0   # 50 ms slices; slack for a busy host
     finally:
         proc.join(5)
         shm.close()
