@@ -34,8 +34,8 @@ import json
 import logging
 import os
 import tempfile
-import threading
 
+from tfos.collective import _group as _membership
 from tfos.collective._tf import (
     BroadcastGlobalVariablesCallback,
     DistributedGradientTape,
@@ -61,9 +61,8 @@ logger = logging.getLogger(__name__)
 # Reductions, under Horovod's names.
 Average, Sum, Min, Max = "mean", "sum", "min", "max"
 
-_lock = threading.Lock()
-_state: dict = {}
-_joined = threading.Event()
+_lock, _state, _joined = _membership.lock, _membership.state, _membership.joined
+_group = _membership.group
 
 
 def init(ctx=None, timeout: float = 120.0, rdma: bool | None = None,
@@ -170,14 +169,6 @@ def is_initialized() -> bool:
 def joined() -> bool:
     """Whether this process joined a group at some point (``init`` ran), even if it left."""
     return _joined.is_set()
-
-
-def _group():
-    group = _state.get("group")
-    if group is None:
-        raise ConfigError("tfos.collective is not initialised: call tfos.collective.init(ctx) "
-                          "first, in main_fun")
-    return group
 
 
 def rank() -> int:

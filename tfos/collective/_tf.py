@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfos.collective._group import group as _group
+
 
 def _tf():
     import tensorflow as tf
     return tf
 
 
-def _group():
-    from tfos import collective
-    return collective._group()
 
 
 def _run(fn, tensor, dtype, name):
