@@ -21,6 +21,13 @@ TFOS_PROCESS_MARKERS = ("tfos.node.main", "tfos.executor.process_guard", "tensor
 # inherits this variable, so the leftover check sees our processes and nobody else's.
 SESSION_MARK = "TFOS_TEST_SESSION"
 os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
+# The tests' JVMs live seconds to minutes and run small jobs: C1 alone and the serial GC (as
+# scripts/spark_lib.sh gives the daemons) spend about a third less CPU on them, which a 2-core
+# machine gets back as wall time. SPARK_SUBMIT_OPTS reaches every driver JVM this session
+# starts (this process's, and those of the applications, notebooks and examples it runs; in
+# local[N] their executors too); local-cluster executors get them from the session below.
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ["SPARK_SUBMIT_OPTS"] = f"{FAST_JVM} {os.environ.get('SPARK_SUBMIT_OPTS', '')}".strip()
 
 
 def private_spark_home() -> str:
@@ -45,7 +52,8 @@ class SparkSessions:
             builder = SparkSession.builder.master(master).appName("tfos-tests")
             # The driver's address is named every time, as the test hosts' sessions name theirs.
             loopback = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
-            settings = {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false", **loopback, **conf}
+            settings = {**BARRIER_FAIL_FAST, "spark.ui.enabled": "false",
+                        "spark.executor.extraJavaOptions": FAST_JVM, **loopback, **conf}
             for k, v in settings.items():
                 builder = builder.config(k, v)
             self.session, self.key = builder.getOrCreate(), key
