@@ -8,11 +8,13 @@ LOCAL_S3 = ["moto[s3]>=5.0", "flask", "flask-cors"]
 # tfos's compiled transport: plain C against the Python headers (no Cython, no TF headers).
 # Optional, so a host without a C compiler still installs tfos (without the compiled
 # transport); the test suite fails when it did not build (tests/unit/test_core_ring.py).
+# The verbs carrier needs no rdma-core to build: it dlopen()s libibverbs at run time.
 CORE = Extension("rdma._core",
                  sources=["rdma/csrc/module.c", "rdma/csrc/ring.c", "rdma/csrc/engine.c",
-                          "rdma/csrc/loopback.c", "rdma/csrc/shm_carrier.c"],
+                          "rdma/csrc/loopback.c", "rdma/csrc/shm_carrier.c",
+                          "rdma/csrc/verbs_carrier.c"],
                  depends=["rdma/csrc/ring.h"], extra_compile_args=["-O2", "-std=c11", "-Wall"],
-                 optional=True)
+                 libraries=["dl"], optional=True)
 
 setup(
     name="tfos",

@@ -3,10 +3,14 @@
  *   RingWriter, RingReader   the ring bookkeeping (ring.h), drop-in twins of rdma/ring.py's;
  *                            protocol violations raise FrameError, a bad capacity ValueError.
  *   Link                     one end of a link run by the protocol engine (engine.h) over a
- *                            carrier: loopback_pair() in one process, shm_link(fd) between two.
+ *                            carrier: loopback_pair() in one process, shm_link(fd) between two
+ *                            on one host, verbs_link(fd) between two with RDMA (libibverbs is
+ *                            dlopen'ed when the first verbs link is made, so this module loads
+ *                            on hosts without rdma-core).
  *
  * A carrier joins by getting a constructor here that builds its tfos_nic and hands it to
- * link_from_nic() (the verbs carrier: verbs_link(fd, ...), the same shape as shm_link).
+ * link_from_nic(). shm_link and verbs_link take ``peer``: the name errors give the other end
+ * (rdma.shm and rdma.verbs pass the Comm's peer address).
  * Link errors: CommTimeout, CommClosed, FrameError (protocol violations, a bad key, a message
  * too large for recv_into's buffer) and CommError from rdma.errors; ValueError for a caller's
  * bad argument. Every call that can block releases the GIL. */
@@ -20,6 +24,10 @@
 #include "loopback.h"
 #include "ring.h"
 #include "shm_carrier.h"
+#include "verbs_carrier.h"
+
+#include <pthread.h>
+#include <string.h>
 
 static PyObject *FrameError, *CommError, *CommClosed, *CommTimeout;
 
@@ -299,13 +307,33 @@ static PyObject *link_from_nic(tfos_nic *nic, const tfos_engine_opts *opts) {
     return (PyObject *)link;
 }
 
+static void *destroy_engine(void *e) {
+    tfos_engine_destroy(e);
+    return NULL;
+}
+
+/* The verbs carrier's destroy lingers (up to 1 s) until the peer hangs up too, so that the
+ * peer's last writes are acknowledged. Nothing here needs that wait: the link is closed and no
+ * view of its memory is left, so a detached thread finishes the destruction. */
+static void dispose_engine(tfos_engine *e) {
+    pthread_attr_t attr;
+    pthread_t thread;
+    int rc = -1;
+    if (!strcmp(tfos_engine_nic(e)->ops->name, "verbs") && !pthread_attr_init(&attr)) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&thread, &attr, destroy_engine, e);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc) tfos_engine_destroy(e);
+}
+
 static void Link_dealloc(Link *self) {
     if (self->e) {
         tfos_engine *e = self->e;
         self->e = NULL;
         Py_BEGIN_ALLOW_THREADS
         tfos_engine_close(e);
-        tfos_engine_destroy(e);
+        dispose_engine(e);
         Py_END_ALLOW_THREADS
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -611,26 +639,61 @@ static PyObject *core_loopback_pair(PyObject *Py_UNUSED(module), PyObject *args,
     return Py_BuildValue("(NN)", la, lb);
 }
 
+/* Names the peer in every error of the link (the carrier's own name for it otherwise). */
+static void name_peer(tfos_nic *nic, const char *peer) {
+    if (peer && *peer) snprintf(nic->peer, sizeof nic->peer, "%s", peer);
+}
+
 static PyObject *core_shm_link(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
-    static char *names[] = {"fd", "timeout", "arena_bytes", "spin_us", ENGINE_KWARGS, NULL};
+    static char *names[] = {"fd", "timeout", "arena_bytes", "spin_us", "peer", ENGINE_KWARGS,
+                            NULL};
     char err[TFOS_ENGINE_ERRLEN];
     tfos_engine_opts opts;
     tfos_shm_opts shm;
     PyObject *timeout = NULL;
     unsigned long long arena;
+    const char *peer = NULL;
     tfos_nic *nic;
     int fd, rc;
     tfos_engine_default_opts(&opts);
     tfos_shm_default_opts(&shm);
     arena = shm.arena_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$OKiLLL", names, &fd, &timeout, &arena,
-                                     &shm.spin_us, &opts.ring_bytes, &opts.eager_max,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$OKizLLL", names, &fd, &timeout, &arena,
+                                     &shm.spin_us, &peer, &opts.ring_bytes, &opts.eager_max,
                                      &opts.chunk_bytes))
         return NULL;
     shm.arena_bytes = arena;
     if (timeout && parse_timeout(timeout, &shm.timeout_ms) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     rc = tfos_shm_create(fd, &shm, &nic, err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) return raise_code(rc, err);
+    name_peer(nic, peer);
+    return link_from_nic(nic, &opts);
+}
+
+static PyObject *core_verbs_link(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
+    static char *names[] = {"fd", "device", "port", "gid_index", "timeout", "send_depth",
+                            "recv_depth", "spin_us", "peer", ENGINE_KWARGS, NULL};
+    char err[TFOS_ENGINE_ERRLEN];
+    tfos_engine_opts opts;
+    tfos_verbs_options verbs;
+    PyObject *timeout = NULL;
+    tfos_nic *nic;
+    int fd, ms, rc;
+    tfos_engine_default_opts(&opts);
+    tfos_verbs_default_options(&verbs);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|zii$OiiizLLL", names, &fd, &verbs.device,
+                                     &verbs.port, &verbs.gid_index, &timeout, &verbs.send_depth,
+                                     &verbs.recv_depth, &verbs.spin_us, &verbs.peer,
+                                     &opts.ring_bytes, &opts.eager_max, &opts.chunk_bytes))
+        return NULL;
+    if (timeout && timeout != Py_None) {   /* None: the carrier's own deadline (30 s) */
+        if (parse_timeout(timeout, &ms) < 0) return NULL;
+        verbs.setup_timeout_ms = ms > 0 ? ms : 1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = tfos_verbs_create(fd, &verbs, &nic, err);
     Py_END_ALLOW_THREADS
     if (rc < 0) return raise_code(rc, err);
     return link_from_nic(nic, &opts);
@@ -641,9 +704,15 @@ static PyMethodDef core_functions[] = {
      METH_VARARGS | METH_KEYWORDS,
      "loopback_pair(*, ring_bytes, eager_max, chunk_bytes) -> (Link, Link), started."},
     {"shm_link", (PyCFunction)(void (*)(void))core_shm_link, METH_VARARGS | METH_KEYWORDS,
-     "shm_link(fd, *, timeout=10, arena_bytes=1 GiB, spin_us=20, ring_bytes, eager_max, "
-     "chunk_bytes) -> Link over a connected, authenticated Unix socket; exchange "
+     "shm_link(fd, *, timeout=10, arena_bytes=1 GiB, spin_us=20, peer=None, ring_bytes, "
+     "eager_max, chunk_bytes) -> Link over a connected, authenticated Unix socket; exchange "
      "ring_descriptor()s and start() it."},
+    {"verbs_link", (PyCFunction)(void (*)(void))core_verbs_link, METH_VARARGS | METH_KEYWORDS,
+     "verbs_link(fd, device=None, port=0, gid_index=-1, *, timeout=None (30 s), send_depth=128, "
+     "recv_depth=256, spin_us=50, peer=None, ring_bytes, eager_max, chunk_bytes) -> Link over "
+     "an RDMA RC queue pair, set up through fd, a connected, authenticated stream socket the "
+     "peer passes to its own verbs_link at the same time; exchange ring_descriptor()s and "
+     "start() it. libibverbs is loaded on first use (TFOS_IBVERBS_LIBRARY names another)."},
     {NULL}};
 
 /* -- the module -------------------------------------------------------------------------- */

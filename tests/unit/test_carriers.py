@@ -2,9 +2,11 @@
 
 A test drives the near end of a link here and names a behaviour (``echo``, ``source``,
 ``digest``, ...) for the far end: on ``loopback`` it runs in a thread of this process, on
-``shm`` in a server process of this module's (spawned once, serving one link per test). A
-carrier joins the suite with one class and one entry in ``CARRIERS`` (``verbs-fake`` next).
-Every wait is bounded (``LIMIT`` seconds), every loop by a count.
+``shm`` and ``verbs-fake`` in a server process of this module's (spawned once per carrier,
+serving one link per test). ``verbs-fake`` is the verbs carrier's own code over the test-only
+libibverbs of tests/fakeverbs (built with gcc, loaded through ``TFOS_IBVERBS_LIBRARY``), its
+bootstrap a TCP connection on 127.0.0.1. A carrier joins the suite with one class and one entry
+in ``CARRIERS``. Every wait is bounded (``LIMIT`` seconds), every loop by a count.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import shutil
 import socket
 import threading
 import time
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_verbs_carrier import CFLAGS, FAKEVERBS, finish, gcc
 
 from rdma.errors import CommClosed, CommTimeout, FrameError
 
@@ -178,9 +182,11 @@ class Loopback:
             thread.join(LIMIT)
 
 
-def serve(conn, path):
-    """The shm server process: builds one link per job and runs its behaviour."""
+def serve(conn, kind, where):
+    """A server process: builds one link per job (``kind`` "shm" or "verbs", reaching the
+    suite's listener at ``where``) and runs its behaviour."""
     from rdma import core as server_core
+    connect = server_core.shm_connect if kind == "shm" else server_core.verbs_connect
     while True:
         try:
             job = conn.recv()
@@ -190,7 +196,7 @@ def serve(conn, path):
             return
         name, kwargs, opts = job
         try:
-            link = server_core.shm_connect(path, SECRET, timeout=LIMIT, **opts)
+            link = connect(where, SECRET, timeout=LIMIT, **opts)
         except Exception as exc:  # noqa: BLE001
             conn.send(("error", f"set-up: {type(exc).__name__}: {exc}"))
             continue
@@ -198,18 +204,24 @@ def serve(conn, path):
 
 
 class Shm:
-    name = "shm"
+    """Far ends in a server process, over a Unix socket in ``directory``."""
+
+    name, kind = "shm", "shm"
 
     def __init__(self, directory):
         self.path = os.path.join(directory, "core.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
         self.listener.listen(4)
+        self.where = self.path
         self.proc = None
+
+    def accept(self, opts):
+        return core.shm_accept(self.listener, SECRET, timeout=LIMIT, **opts)
 
     def start_server(self):
         self.conn, child = CTX.Pipe()
-        self.proc = CTX.Process(target=serve, args=(child, self.path), daemon=True)
+        self.proc = CTX.Process(target=serve, args=(child, self.kind, self.where), daemon=True)
         self.proc.start()
         child.close()
         return self.proc
@@ -225,7 +237,7 @@ class Shm:
         if self.proc is None or not self.proc.is_alive():
             self.start_server()
         self.conn.send((behaviour, kwargs, link_opts or {}))
-        near = core.shm_accept(self.listener, SECRET, timeout=LIMIT, **(link_opts or {}))
+        near = self.accept(link_opts or {})
         far = FarEnd(self._wait)
         try:
             yield near, far
@@ -248,7 +260,33 @@ class Shm:
         self.listener.close()
 
 
-CARRIERS = ["loopback", "shm"]
+class VerbsFake(Shm):
+    """Far ends in a server process, over verbs links through the fake libibverbs; the
+    bootstrap is a TCP connection to a listener on 127.0.0.1. The fake's environment must be
+    in ``os.environ`` (``fake_verbs_environment``) before the server starts."""
+
+    name, kind = "verbs-fake", "verbs"
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.where = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.proc = None
+
+    def accept(self, opts):
+        return core.verbs_accept(self.listener, SECRET, timeout=LIMIT, **opts)
+
+
+def build_fake_verbs(directory) -> dict[str, str]:
+    """Builds tests/fakeverbs' libibverbs into ``directory``: the environment that loads it."""
+    library = directory / "libfake_ibverbs.so"
+    finish(gcc(*CFLAGS, "-shared", "-fPIC", "-o", library, FAKEVERBS / "fake_ibverbs.c",
+               "-lpthread"))
+    return {"TFOS_IBVERBS_LIBRARY": str(library), "TFOS_FAKE_VERBS_DIR": str(directory)}
+
+
+CARRIERS = ["loopback", "shm", "verbs-fake"]
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +298,27 @@ def shm_server(tmp_path_factory):
     shm.close()
 
 
+@pytest.fixture(scope="module")
+def verbs_server(tmp_path_factory):
+    """The verbs far ends' process, with the fake libibverbs built and named in os.environ for
+    this module (the server inherits it); None where gcc is missing."""
+    if shutil.which("gcc") is None:
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in build_fake_verbs(tmp_path_factory.mktemp("fakeverbs")).items():
+            patch.setenv(name, value)
+        verbs = VerbsFake()
+        verbs.start_server()
+        yield verbs
+        verbs.close()
+
+
 @pytest.fixture(params=CARRIERS)
-def carrier(request, shm_server):
-    return {"loopback": Loopback(), "shm": shm_server}[request.param]
+def carrier(request, shm_server, verbs_server):
+    if request.param == "verbs-fake" and verbs_server is None:
+        pytest.skip("gcc is not installed: the fake libibverbs is built with it")
+    return {"loopback": Loopback(), "shm": shm_server, "verbs-fake": verbs_server}[request.param]
 
 
 # -- the suite ----------------------------------------------------------------------------
