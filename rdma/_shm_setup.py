@@ -1,4 +1,6 @@
-"""Setting up a shm:// connection: rings as sealed memfds, passed over SCM_RIGHTS (both ends).
+"""Setting up a shm:// connection: its listener's socket path, and, for shm://'s pure-Python
+fallback (rdma.shm.RingComm, on a host without the compiled core, whose shm carrier sets up
+arenas of its own), rings as sealed memfds passed over SCM_RIGHTS (both ends).
 
 After the handshake, on the Unix socket the connector dialled:
 

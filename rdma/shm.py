@@ -1,29 +1,37 @@
-"""``shm://<unix-socket-path>``: messages through shared-memory rings on one host (both ends).
+"""``shm://<unix-socket-path>``: messages through shared memory on one host (both ends).
 
 Set-up, over a Unix stream socket at the listener's path (``shm://`` alone makes a private
-temporary one): the handshake of rdma.handshake, then each side creates the ring it will
-*receive* into (``capacity`` bytes, its own option) and passes it to the peer as a memfd over
-SCM_RIGHTS. The connector also passes one end of a fresh socket pair, so each direction has
-its own control socket and one thread can send while another receives.
+temporary one): the handshake of rdma.handshake, then the compiled core's shm carrier
+(rdma.core; rdma/csrc/shm_carrier.c) takes the socket: each side creates a sealed memfd arena,
+its registered memory, and passes it to the peer over SCM_RIGHTS; the two protocol engines
+(rdma/csrc/engine.c) trade the descriptors of the rings they receive into (``capacity`` bytes,
+each side its own) and the link runs. The socket then only tells each side when the other is
+gone: a killed peer is noticed within 50 ms, a closed one at once.
+
+Per message the engine picks one of two ways. Eager (up to ``eager_max``, and at most half the
+receiver's ring): the parts are gathered into the sender's staging area and copied into the
+receiver's ring; ``send`` returns once they are there (backpressure: a full ring blocks it,
+bounded by ``send(timeout=...)``), and ``recv()`` returns a read-only view into the ring,
+released at the next receive. Rendezvous (larger): the sender announces the message and waits
+until the receiver clears it to land in its landing region (registered, grown on demand,
+reused), which needs the receiver inside a call on the comm (``recv``, ``recv_into``, or a
+``send``): two ends that both send a large message and only then receive must send from a
+thread of their own (rdma.collective does). A rendezvous send that timed out before it was
+cleared may be retried with the same message (it resumes); the feed's messages (at most
+``chunk_bytes``, 4 MiB, against rings of 16-64 MiB) all go eager.
 
 Why memfd and not multiprocessing.shared_memory: a memfd has no name. Nothing appears in
 /dev/shm, so nothing is left behind when a process is SIGKILLed (the memory goes with the
 last mapping), no other local process can open it (only the authenticated peer received the
 descriptor), and there is no resource_tracker to unlink segments behind our back. The owner
-seals its size (F_SEAL_SHRINK/GROW), so the peer can rely on the mapping staying valid.
+seals its size, so the peer can rely on the mapping staying valid. The arena is sparse: only
+pages written cost memory.
 
-Per message the writer copies the parts into the peer's ring (the one copy) and sends a
-16-byte RING record on the control socket; the reader's ``recv()`` returns a read-only view
-into its ring (zero-copy) and releases it at the next receive. All synchronisation goes
-through the sockets, never through flags in shared memory: the kernel's socket locks order
-the ring writes before a send ahead of the reads after the matching receive, on every CPU
-architecture (Python has no memory fences), and a dead peer is an end-of-stream at once. The
-ring bookkeeping (rdma.ring) makes credits rare: one per quarter ring, or when the writer is
-blocked and asks (NEED). A full ring blocks the writer: that is the backpressure, bounded by
-``send(timeout=...)``. A message larger than the whole ring does not go through shared memory:
-it travels inline on the control socket as a DATA record (one more copy, through the kernel),
-in order with the ring's messages, so a ring sized for the common case never refuses a rare
-large message.
+Without the compiled core (a host without a C compiler or Python headers) ``RingComm`` serves
+instead, in Python: one ring per direction set up by rdma._shm_setup, a 16-byte record on a
+control socket per message, credits from rdma.ring, and a message larger than the ring
+inline on the socket. Both ends of a connection run one installation, so they agree; a core
+end meeting a Python one fails its set-up with CommError.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ import socket
 from dataclasses import dataclass
 
 from rdma import _shm_setup as setup
-from rdma import framing
+from rdma import core, framing
 from rdma._io import Channel, Deadline, FrameReader
 from rdma._listener import SocketListener
 from rdma.comm import Backend, Comm, CommOptions, Listener
@@ -43,29 +51,61 @@ from rdma.handshake import connector_handshake, listener_handshake
 from rdma.ring import RingReader, RingWriter
 
 MIN_CAPACITY = 64 << 10
+MAX_CAPACITY = 4 << 30          # the engine's largest ring
+MAX_EAGER = 64 << 20            # the engine's largest eager_max
 _CONTROL_BUFFER = 64 << 10
 _CONTROL_SNDBUF = 4 << 20
+_ARENA_SLACK = 4 << 20          # the arena's header, alignment, the engine's control records
+_MAX_ARENA = 1 << 44            # the carrier's largest
 
 
 @dataclass(frozen=True)
 class ShmOptions(CommOptions):
-    # Bytes of the ring this side receives into (rounded up to whole pages); the largest
-    # message the peer can send us. Each side chooses its own.
+    # Bytes of the ring this side receives into (rounded up to whole pages): how much the peer
+    # can have in flight toward us. Each side chooses its own.
     capacity: int = 64 << 20
+    # Messages up to this size (and half the receiver's ring) are copied into the receiver's
+    # ring without waiting for it; larger ones wait until the receiver takes them (see above).
+    # The sender's staging area is twice this. Ignored without the compiled core.
+    eager_max: int = 8 << 20
 
     def __post_init__(self):
         super().__post_init__()
         if (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)
-                or not MIN_CAPACITY <= self.capacity <= framing.SIZE_LIMIT):
+                or not MIN_CAPACITY <= self.capacity <= MAX_CAPACITY):
             raise ValueError(f"capacity={self.capacity!r}: pass the ring size in bytes, at "
-                             f"least {MIN_CAPACITY}")
+                             f"least {MIN_CAPACITY} and at most {MAX_CAPACITY}")
+        if (isinstance(self.eager_max, bool) or not isinstance(self.eager_max, int)
+                or not 0 <= self.eager_max <= MAX_EAGER):
+            raise ValueError(f"eager_max={self.eager_max!r}: pass bytes from 0 to {MAX_EAGER}")
 
     @property
     def ring_bytes(self) -> int:
         return -(-self.capacity // mmap.PAGESIZE) * mmap.PAGESIZE
 
+    def link_options(self, peer: str) -> dict:
+        """The core shm link's options for a comm with these options."""
+        return {"ring_bytes": self.ring_bytes, "eager_max": self.eager_max,
+                "arena_bytes": self.arena_bytes, "peer": peer}
 
-class ShmComm(Comm):
+    @property
+    def arena_bytes(self) -> int:
+        """This side's arena: our ring, our staging area (twice eager_max, at least four of
+        the engine's 256 KiB chunks) and room for the landing region of the largest message
+        the peer may send by rendezvous (grown in steps of up to 1.5x, the old one freed
+        first: twice max_message covers it). Sparse: address space, not memory."""
+        staging = max(1 << 20, 2 * self.eager_max)
+        total = self.ring_bytes + staging + 2 * self.max_message + _ARENA_SLACK
+        return min(-(-total // (2 << 20)) * (2 << 20), _MAX_ARENA)
+
+
+class ShmComm(core.LinkComm):
+    """An shm:// comm: a link of the compiled core over its shm carrier."""
+
+
+class RingComm(Comm):
+    """The pure-Python shm:// comm, for a host without the compiled core (see above)."""
+
     def __init__(self, local: str, peer: str, tx_sock: socket.socket, rx_sock: socket.socket,
                  tx_ring: mmap.mmap, rx_ring: mmap.mmap, options: ShmOptions):
         super().__init__(local, peer)
@@ -258,8 +298,18 @@ class ShmComm(Comm):
 
 
 class ShmBackend(Backend):
+    """``shm://``; ``use_core=False`` (tests) serves RingComm even where the core is built,
+    under its own ``scheme`` so its addresses lead back to it."""
+
+    def __init__(self, scheme: str = "shm", use_core: bool | None = None):
+        self._scheme = scheme
+        self._use_core = use_core
+
+    def _core(self) -> bool:
+        return core.built() if self._use_core is None else self._use_core
+
     def listen(self, address: str, secret: bytes, **opts) -> Listener:
-        options = ShmOptions.parse("shm", opts)
+        options = ShmOptions.parse(self._scheme, opts)
         setup.require_platform()
         path, directory = setup.socket_path(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -276,13 +326,18 @@ class ShmBackend(Backend):
             if isinstance(error, OSError):
                 raise CommError(f"cannot listen at shm://{path}: {error}") from None
             raise
-        uri = f"shm://{path}"
+        uri = f"{self._scheme}://{path}"
+        use_core = self._core()
 
         def establish(conn: socket.socket, peer: str, deadline: Deadline) -> Comm:
             chan = Channel(conn, peer)
             listener_handshake(chan, secret, deadline)
+            if use_core:
+                link = core.shm_link(conn, core.seconds_left(deadline),
+                                     **options.link_options(peer))
+                return ShmComm(link, conn, uri, peer, options.max_message)
             tx_sock, tx_ring, rx_ring = setup.listener_setup(chan, options.ring_bytes, deadline)
-            return ShmComm(uri, peer, tx_sock, conn, tx_ring, rx_ring, options)
+            return RingComm(uri, peer, tx_sock, conn, tx_ring, rx_ring, options)
 
         def cleanup() -> None:
             try:
@@ -297,12 +352,12 @@ class ShmBackend(Backend):
                               lambda conn, raw_peer: setup.peer_pid(conn), cleanup)
 
     def connect(self, address: str, secret: bytes, timeout: float, **opts) -> Comm:
-        options = ShmOptions.parse("shm", opts)
+        options = ShmOptions.parse(self._scheme, opts)
         setup.require_platform()
         if not address:
-            raise ValueError("shm:// without a path can only listen; connect to the "
-                             "listener's address (listener.address)")
-        uri = f"shm://{address}"
+            raise ValueError(f"{self._scheme}:// without a path can only listen; connect to "
+                             "the listener's address (listener.address)")
+        uri = f"{self._scheme}://{address}"
         deadline = Deadline(timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -316,13 +371,17 @@ class ShmBackend(Backend):
             sock.close()
             raise ConnectFailed(f"cannot connect to {uri}: {error} (is the listener running "
                                 "on this host, and is this its address?)") from None
+        local = f"{self._scheme}://pid:{os.getpid()}"
         try:
             chan = Channel(sock, uri)
             connector_handshake(chan, secret, deadline)
+            if self._core():
+                link = core.shm_link(sock, core.seconds_left(deadline),
+                                     **options.link_options(uri))
+                return ShmComm(link, sock, local, uri, options.max_message)
             rx_sock, tx_ring, rx_ring = setup.connector_setup(chan, options.ring_bytes,
                                                               deadline)
-            return ShmComm(f"shm://pid:{os.getpid()}", uri, sock, rx_sock, tx_ring, rx_ring,
-                           options)
+            return RingComm(local, uri, sock, rx_sock, tx_ring, rx_ring, options)
         except BaseException:
             sock.close()
             raise

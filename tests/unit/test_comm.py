@@ -1,9 +1,12 @@
-"""Conformance suite of the comm interface, run over every scheme this host has (tcp, shm).
+"""Conformance suite of the comm interface, run over every scheme: tcp, shm (the compiled
+core's shm carrier), shmrings (shm://'s pure-Python fallback for hosts without the core,
+registered under a scheme of its own) and rdma (the core's verbs carrier, through the test-only
+fake libibverbs of tests/fakeverbs, built with gcc).
 
 The test process is the listener (a TF node's side); the key cases put the other end in a
 real separate process, ``python test_comm_peer.py <action> ...``, which reports on stdout as
-JSON lines. Every wait has a timeout and every loop
-a count, so a broken transport fails here instead of hanging.
+JSON lines (not for shmrings: a peer process knows only the built-in schemes). Every wait has
+a timeout and every loop a count, so a broken transport fails here instead of hanging.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -23,29 +27,65 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_comm_peer import pattern
+from test_verbs_carrier import CFLAGS, FAKEVERBS, finish, gcc
 
 import rdma
-from rdma import devices, framing
-from test_comm_peer import pattern
-from rdma.errors import (AuthFailed, CommClosed, CommTimeout, ConnectFailed, FrameError,
-                         TransportUnavailable)
+from rdma import core, devices, framing
+from rdma.errors import (
+    AuthFailed,
+    CommClosed,
+    CommError,
+    CommTimeout,
+    ConnectFailed,
+    FrameError,
+    TransportUnavailable,
+)
+from rdma.shm import ShmBackend
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_comm_peer.py")
 SECRET = bytes(range(100, 132))
 MiB = 1 << 20
-SCHEMES = {"tcp": "tcp://127.0.0.1:0", "shm": "shm://"}
-# A 4 MiB ring (shm) / 1 MiB kernel socket buffers (tcp): small enough to see the bounds.
-OPTIONS = {"tcp": {"max_message": 4 * MiB, "socket_buffer": MiB},
-           "shm": {"max_message": 4 * MiB, "capacity": 4 * MiB}}
+SCHEMES = {"tcp": "tcp://127.0.0.1:0", "shm": "shm://", "shmrings": "shmrings://",
+           "rdma": "rdma://127.0.0.1:0"}
+# A 4 MiB ring (shm, shmrings, rdma) / 1 MiB kernel socket buffers (tcp): small enough to see
+# the bounds.
+RING = {"max_message": 4 * MiB, "capacity": 4 * MiB}
+OPTIONS = {"tcp": {"max_message": 4 * MiB, "socket_buffer": MiB}, "shm": RING,
+           "shmrings": RING, "rdma": RING}
 # What a producer can have in flight before it must block: the ring, or the socket buffers
 # (the kernel doubles SO_SNDBUF/SO_RCVBUF and counts its own overhead in them).
-IN_FLIGHT_BOUND = {"tcp": 8 * MiB, "shm": 4 * MiB}
+IN_FLIGHT_BOUND = {"tcp": 8 * MiB, "shm": 4 * MiB, "shmrings": 4 * MiB, "rdma": 4 * MiB}
+# Schemes whose comms are byte streams a peer can corrupt frame by frame; the core's links
+# move whole messages into registered memory (its protocol faults: test_engine_faults.py).
+STREAMS = ("tcp", "shmrings")
+# Schemes over the compiled core (rdma.core.LinkComm).
+CORE = ("shm", "rdma")
+
+rdma.register_backend("shmrings", ShmBackend("shmrings", use_core=False))
 
 
 def _memfd_maps() -> list[str]:
+    """Our mappings of shared memory: the Python rings, or the core's arenas."""
     with open("/proc/self/maps") as maps:
-        return [line for line in maps if "tfos-comm-ring" in line]
+        return [line for line in maps if "tfos-comm-ring" in line or "tfos-core-arena" in line]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _settles(check, seconds: float = 5.0) -> bool:
+    """Whether ``check()`` holds within ``seconds``: a verbs link is destroyed on a thread of
+    its own once closed (its carrier lingers for the peer's hang-up), so its descriptors and
+    mappings go a moment after close() returns."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _dev_shm_entries() -> set[str]:
@@ -55,16 +95,35 @@ def _dev_shm_entries() -> set[str]:
 # -- fixtures ------------------------------------------------------------------------------
 
 def _unavailable(scheme: str) -> str | None:
-    if scheme == "shm" and not (hasattr(os, "memfd_create") and hasattr(socket, "recv_fds")):
+    if scheme.startswith("shm") and not (hasattr(os, "memfd_create")
+                                         and hasattr(socket, "recv_fds")):
         return "shm:// needs Linux memfd_create and SCM_RIGHTS"
+    if scheme in CORE and not core.built():
+        return "rdma._core did not build (test_core_ring.py fails the suite for it)"
+    if scheme == "rdma" and shutil.which("gcc") is None:
+        return "gcc is not installed: the fake libibverbs that stands in for a device is built with it"
     return None
 
 
+@pytest.fixture(scope="module")
+def fake_verbs(tmp_path_factory) -> dict[str, str]:
+    """The test-only libibverbs (tests/fakeverbs), built once: the environment that makes
+    rdma:// use it, in this process and in the peers it starts."""
+    out = tmp_path_factory.mktemp("fakeverbs")
+    library = out / "libfake_ibverbs.so"
+    finish(gcc(*CFLAGS, "-shared", "-fPIC", "-o", library, FAKEVERBS / "fake_ibverbs.c",
+               "-lpthread"))
+    return {"TFOS_IBVERBS_LIBRARY": str(library), "TFOS_FAKE_VERBS_DIR": str(out)}
+
+
 @pytest.fixture(params=sorted(SCHEMES))
-def scheme(request) -> str:
+def scheme(request, monkeypatch) -> str:
     """Every scheme this host has; the others are skipped with the reason."""
     if _unavailable(request.param):
         pytest.skip(_unavailable(request.param))
+    if request.param == "rdma":
+        for name, value in request.getfixturevalue("fake_verbs").items():
+            monkeypatch.setenv(name, value)
     return request.param
 
 
@@ -74,10 +133,11 @@ def listener(scheme):
     maps_before = len(_memfd_maps())
     with rdma.listen(SCHEMES[scheme], SECRET, handshake_timeout=5, **OPTIONS[scheme]) as lis:
         yield lis
-    if scheme == "shm":
-        path = lis.address[len("shm://"):]
+    if scheme.startswith("shm"):
+        path = rdma.comm.parse_uri(lis.address)[1]
         assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
-    assert len(_memfd_maps()) <= maps_before, "a ring is still mapped after close"
+    assert _settles(lambda: len(_memfd_maps()) <= maps_before), \
+        "a ring is still mapped after close"
 
 
 @pytest.fixture
@@ -128,6 +188,9 @@ class Peer:
 @pytest.fixture
 def peer(scheme):
     """Factory: ``peer(action, uri, *args)`` starts a peer process; all are killed after."""
+    if scheme == "shmrings":
+        pytest.skip("shm://'s Python fallback is registered in this process only: a peer "
+                    "process would take the compiled core")
     started = []
 
     def start(action: str, uri: str, *args, secret: bytes = SECRET) -> Peer:
@@ -280,6 +343,7 @@ def test_a_slow_consumer_blocks_the_producer_within_the_bound(listener, peer, sc
 
 
 def test_a_killed_producer_is_comm_closed_within_seconds(listener, peer, scheme):
+    maps_before = len(_memfd_maps())
     producer = peer("hang", listener.address, 3)
     with listener.accept(timeout=20) as comm:
         assert producer.line() == {"sent": 3}
@@ -293,11 +357,12 @@ def test_a_killed_producer_is_comm_closed_within_seconds(listener, peer, scheme)
         with pytest.raises(CommClosed):
             comm.send([b"anyone?"], timeout=5)
     producer.finish()
-    assert not _memfd_maps() and not _dev_shm_entries()
+    assert _settles(lambda: len(_memfd_maps()) <= maps_before) and not _dev_shm_entries()
 
 
 def test_a_killed_consumer_is_comm_closed_for_a_blocked_producer(scheme, peer):
     """The other direction: the peer listens and dies while we are blocked on a full buffer."""
+    maps_before = len(_memfd_maps())
     consumer = peer("listen_then_hang", SCHEMES[scheme])
     address = consumer.line()["address"]
     with rdma.connect(address, SECRET, timeout=10, **OPTIONS[scheme]) as comm:
@@ -313,7 +378,7 @@ def test_a_killed_consumer_is_comm_closed_for_a_blocked_producer(scheme, peer):
             killer.join()
         assert time.monotonic() - started < 8
     consumer.finish()
-    assert not _memfd_maps() and not _dev_shm_entries()
+    assert _settles(lambda: len(_memfd_maps()) <= maps_before) and not _dev_shm_entries()
 
 
 # -- authentication --------------------------------------------------------------------------
@@ -334,7 +399,7 @@ def test_a_wrong_secret_is_refused_on_both_ends_and_the_listener_serves_the_next
 
 def _raw_connect(address: str) -> socket.socket:
     scheme, rest = rdma.comm.parse_uri(address)
-    if scheme == "shm":
+    if scheme.startswith("shm"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5)
         sock.connect(rest)
@@ -379,7 +444,10 @@ def test_a_connector_with_the_wrong_secret_gets_auth_failed(listener):
 @pytest.mark.parametrize("junk", [b"NOPE" + bytes(12), framing.pack_header(framing.Kind.SETUP, 9),
                                   struct.pack("<4sBBHQ", b"TFOS", 1, 1, 0, 1 << 40)],
                          ids=["bad-magic", "wrong-kind", "oversized-length"])
-def test_malformed_frames_raise_frame_error_and_break_the_comm(local_pair, junk):
+def test_malformed_frames_raise_frame_error_and_break_the_comm(scheme, local_pair, junk):
+    if scheme not in STREAMS:
+        pytest.skip(f"{scheme}:// carries no frames on its socket (the core's protocol faults "
+                    "are tested in test_engine_faults.py)")
     client, server = local_pair
     client._out.sock.sendall(junk)
     with pytest.raises(FrameError):
@@ -411,7 +479,7 @@ def test_arbitrary_bytes_from_a_peer_raise_only_frame_error_or_comm_closed(
 
 def test_a_truncated_frame_then_close_is_comm_closed_not_a_hang(local_pair, scheme):
     client, server = local_pair
-    kind = framing.Kind.DATA if scheme == "tcp" else framing.Kind.RING
+    kind = framing.Kind.DATA if scheme == "tcp" else framing.Kind.RING    # shm: ignored bytes
     client._out.sock.sendall(framing.pack_header(kind, 1000)[:10])
     client._out.sock.shutdown(socket.SHUT_WR)
     with pytest.raises(CommClosed):
@@ -426,32 +494,63 @@ def test_messages_over_the_limits_are_refused_before_sending(local_pair, scheme)
     assert bytes(server.recv(timeout=5)) == b"fine"
 
 
+def _larger_messages(scheme: str, opts: dict) -> tuple:
+    """A listener and a connected pair of ``scheme`` with ``opts`` on both sides."""
+    listener = rdma.listen(SCHEMES[scheme], SECRET, **opts)
+    client = rdma.connect(listener.address, SECRET, timeout=5, **opts)
+    return listener, client, listener.accept(timeout=5)
+
+
+def _send_in_order(client, server, sent: list[bytes]) -> list[bytes]:
+    """What ``server`` receives while ``client`` sends ``sent`` from a thread of its own;
+    the fourth message through recv_into."""
+    sender = threading.Thread(target=lambda: [client.send([m], timeout=10) for m in sent])
+    sender.start()
+    got = [bytes(server.recv(timeout=10)) for _ in range(3)]
+    target = bytearray(4 * MiB)
+    size = server.recv_into(target, timeout=10)
+    got += [bytes(target[:size]), bytes(server.recv(timeout=10))]
+    sender.join(10)
+    return got
+
+
 def test_shm_messages_larger_than_the_ring_go_inline_in_order():
-    """A ring sized for the common case still carries a rare message larger than itself."""
-    with rdma.listen("shm://", SECRET, capacity=MiB, max_message=8 * MiB) as listener:
-        client = rdma.connect(listener.address, SECRET, timeout=5, max_message=8 * MiB)
-        server = listener.accept(timeout=5)
-        with client, server:
-            assert client.capacities[0] == MiB
-            big = pattern(7, 3 * MiB + 5)
-            sent = [b"before", big, b"between", big[:MiB + 1], b"after"]
+    """The Python fallback: a ring sized for the common case still carries a rare message
+    larger than itself, inline on its socket."""
+    listener, client, server = _larger_messages("shmrings", {"capacity": MiB,
+                                                             "max_message": 8 * MiB})
+    with listener, client, server:
+        assert client.capacities[0] == MiB
+        big = pattern(7, 3 * MiB + 5)
+        sent = [b"before", big, b"between", big[:MiB + 1], b"after"]
+        assert _send_in_order(client, server, sent) == sent
+        # The ring still works after the inline messages, in both directions.
+        server.send([b"reply"], timeout=5)
+        assert bytes(client.recv(timeout=5)) == b"reply"
 
-            def send_all():
-                for message in sent:
-                    client.send([message], timeout=10)
 
-            sender = threading.Thread(target=send_all)
-            sender.start()
-            got = [bytes(server.recv(timeout=10)) for _ in range(3)]
-            target = bytearray(4 * MiB)
-            size = server.recv_into(target, timeout=10)
-            got.append(bytes(target[:size]))
-            got.append(bytes(server.recv(timeout=10)))
-            sender.join(10)
-            assert got == sent
-            # The ring still works after the inline messages, in both directions.
-            server.send([b"reply"], timeout=5)
-            assert bytes(client.recv(timeout=5)) == b"reply"
+@pytest.mark.parametrize("scheme", CORE, indirect=True)
+def test_messages_over_eager_max_wait_for_the_receiver_and_keep_their_order(scheme):
+    """The core: messages above eager_max (and above half the receiver's ring) go by
+    rendezvous, in order with the eager ones; one sent while nobody receives times out
+    saying what to do, and sending it again resumes it."""
+    listener, client, server = _larger_messages(scheme, {"capacity": MiB, "eager_max": 4096,
+                                                         "max_message": 8 * MiB})
+    with listener, client, server:
+        big = pattern(7, 3 * MiB + 5)
+        with pytest.raises(CommTimeout, match="did not clear.*send the same message again"):
+            client.send([big], timeout=0.2)
+        box = []
+        reader = threading.Thread(target=lambda: box.append(bytes(server.recv(timeout=10))))
+        reader.start()
+        client.send([big], timeout=10)     # the same message again: resumes where it stopped
+        reader.join(10)
+        assert box == [big]
+        sent = [b"before", big, b"x" * 4096, big[:MiB // 2 + 1], b"after"]
+        assert _send_in_order(client, server, sent) == sent
+        assert client.stats()["sent_rendezvous"] == 3 and client.stats()["sent_eager"] == 3
+        server.send([b"reply"], timeout=5)
+        assert bytes(client.recv(timeout=5)) == b"reply"
 
 
 def test_recv_into_fits_or_leaves_the_message_queued(local_pair):
@@ -519,7 +618,7 @@ def test_close_wakes_a_receive_blocked_in_another_thread(local_pair):
 
 
 def test_a_view_held_past_close_stays_readable_and_nothing_is_left(scheme):
-    maps_before, fds_before = len(_memfd_maps()), len(os.listdir("/proc/self/fd"))
+    maps_before, fds_before = len(_memfd_maps()), _open_fds()
     with rdma.listen(SCHEMES[scheme], SECRET, **OPTIONS[scheme]) as listener:
         client = rdma.connect(listener.address, SECRET, timeout=5, **OPTIONS[scheme])
         with listener.accept(timeout=5) as server:
@@ -528,21 +627,21 @@ def test_a_view_held_past_close_stays_readable_and_nothing_is_left(scheme):
         client.close()
     assert bytes(view) == b"kept" and view.readonly
     del view
-    assert len(_memfd_maps()) == maps_before and not _dev_shm_entries()
-    assert len(os.listdir("/proc/self/fd")) <= fds_before
-    if scheme == "shm":
-        assert not os.path.exists(listener.address[len("shm://"):])
+    assert _settles(lambda: len(_memfd_maps()) == maps_before) and not _dev_shm_entries()
+    assert _settles(lambda: _open_fds() <= fds_before)
+    if scheme.startswith("shm"):
+        assert not os.path.exists(rdma.comm.parse_uri(listener.address)[1])
 
 
 def test_many_connections_leave_no_descriptor_or_mapping_behind(listener, scheme):
-    fds_before, maps_before = len(os.listdir("/proc/self/fd")), len(_memfd_maps())
+    fds_before, maps_before = _open_fds(), len(_memfd_maps())
     for i in range(30):
         with rdma.connect(listener.address, SECRET, timeout=5, **OPTIONS[scheme]) as client:
             with listener.accept(timeout=5) as server:
                 client.send([b"ping %d" % i], timeout=5)
                 assert bytes(server.recv(timeout=5)) == b"ping %d" % i
-    assert len(os.listdir("/proc/self/fd")) <= fds_before
-    assert len(_memfd_maps()) <= maps_before
+    assert _settles(lambda: _open_fds() <= fds_before)
+    assert _settles(lambda: len(_memfd_maps()) <= maps_before)
 
 
 # -- addresses, registry, rdma:// ---------------------------------------------------------
@@ -551,13 +650,14 @@ def test_addresses_name_both_ends(local_pair, listener, scheme):
     client, server = local_pair
     assert client.peer_address == listener.address == server.local_address
     assert client.local_address.startswith(scheme + "://")
-    if scheme == "tcp":
+    if scheme in ("tcp", "rdma"):
         assert not listener.address.endswith(":0")
         assert server.peer_address == client.local_address
 
 
 def test_connecting_to_nothing_fails_fast_with_the_address(scheme, tmp_path):
-    address = ("tcp://127.0.0.1:1" if scheme == "tcp" else f"shm://{tmp_path}/none.sock")
+    address = {"tcp": "tcp://127.0.0.1:1", "rdma": "rdma://127.0.0.1:1"}.get(
+        scheme, f"{scheme}://{tmp_path}/none.sock")
     with pytest.raises(ConnectFailed, match=address.split("://")[1]):
         rdma.connect(address, SECRET, timeout=5)
 
@@ -574,7 +674,8 @@ def test_shm_listener_replaces_a_stale_socket_file_but_not_a_live_one(tmp_path):
     assert not os.path.exists(path)
 
 
-def test_rdma_scheme_names_what_is_missing_and_never_falls_back():
+def test_rdma_scheme_names_what_is_missing_and_never_falls_back(monkeypatch):
+    monkeypatch.delenv("TFOS_IBVERBS_LIBRARY", raising=False)
     missing = devices.missing_rdma()
     if missing is None:
         pytest.skip("this host has an RDMA device")
@@ -583,6 +684,28 @@ def test_rdma_scheme_names_what_is_missing_and_never_falls_back():
         with pytest.raises(TransportUnavailable, match="never falls back") as error:
             call()
         assert missing in str(error.value)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the fake libibverbs")
+def test_rdma_asks_the_library_named_by_tfos_ibverbs_library_for_devices(fake_verbs,
+                                                                          monkeypatch):
+    """With another libibverbs named (the fake here), that library's device list decides, not
+    sysfs; a device whose port is down is refused by the carrier's set-up, naming the port."""
+    monkeypatch.setenv("TFOS_IBVERBS_LIBRARY", "/nonexistent/libibverbs.so.1")
+    with pytest.raises(TransportUnavailable, match="not a usable libibverbs.*never falls back"):
+        rdma.listen("rdma://127.0.0.1:0", SECRET)
+    for name, value in fake_verbs.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TFOS_FAKE_VERBS_DEVICES", "0")
+    with pytest.raises(TransportUnavailable, match="no RDMA device: .*lists none"):
+        rdma.connect("rdma://127.0.0.1:1", SECRET, timeout=1)
+    monkeypatch.delenv("TFOS_FAKE_VERBS_DEVICES")
+    monkeypatch.setenv("TFOS_FAKE_VERBS_PORT_STATE", "down")
+    with rdma.listen("rdma://127.0.0.1:0", SECRET) as listener:
+        with pytest.raises(CommError, match=r"no ACTIVE port \(fake_mlx0 port 1: DOWN\)"):
+            rdma.connect(listener.address, SECRET, timeout=5)
+        with pytest.raises(AuthFailed, match="during its set-up.*no ACTIVE port"):
+            listener.accept(timeout=5)
 
 
 def test_bad_uris_options_and_secrets_are_caller_errors():
@@ -594,6 +717,10 @@ def test_bad_uris_options_and_secrets_are_caller_errors():
         rdma.listen("tcp://127.0.0.1:0", SECRET, capacity=MiB)
     with pytest.raises(ValueError, match="capacity=10"):
         rdma.listen("shm://", SECRET, capacity=10)
+    with pytest.raises(ValueError, match="eager_max=-1"):
+        rdma.listen("shm://", SECRET, eager_max=-1)
+    with pytest.raises(ValueError, match="ib_port=300"):
+        rdma.listen("rdma://127.0.0.1:0", SECRET, ib_port=300)
     with pytest.raises(ValueError, match="at least 16"):
         rdma.listen("tcp://127.0.0.1:0", b"short")
     with pytest.raises(ValueError, match="absolute"):
