@@ -50,7 +50,9 @@ def test_a_dstream_is_fed_until_the_nodes_finish_then_shutdown_stops_it(spark_lo
                                                                         tmp_path):
     from pyspark.streaming import StreamingContext
     sc = spark_local_cluster_4x1.sparkContext
-    ssc = StreamingContext(sc, 1)
+    # Short micro-batches: once its queue is empty a queueStream's batches have no jobs, so a
+    # graceful stop waits out spark.streaming.gracefulStopTimeout (10 batch intervals).
+    ssc = StreamingContext(sc, 0.25)
     batches = [sc.parallelize(range(i * 40, (i + 1) * 40), 2) for i in range(3)]
     cluster = TFCluster.run(sc, streaming_fun, {"out": str(tmp_path), "per_worker": 60}, 2, 0,
                             input_mode=TFCluster.InputMode.SPARK)
@@ -196,7 +198,9 @@ def test_tfestimator_trains_under_mwms_through_the_feed_and_tfmodel_predicts(
     assert history["val_loss"][-1] < 1e-3 < history["loss"][0]
     # The label mapped at training is not a serving input: TFModel leaves it out.
     model.setOutputMapping({"output_0": "prediction"})
-    test = spark.createDataFrame([(1.0, 1.0), (0.5, 0.0)], "a double, b double")
+    # One partition: each scoring task loads TensorFlow and the SavedModel in its Python worker
+    # (4 partitions by default here, most of them empty).
+    test = spark.createDataFrame([(1.0, 1.0), (0.5, 0.0)], "a double, b double").coalesce(1)
     predictions = [r.prediction for r in model.transform(test).collect()]
     assert predictions[0] == pytest.approx(sum(WEIGHTS), abs=0.01)           # 4.758
     assert predictions[1] == pytest.approx(WEIGHTS[0] / 2, abs=0.01)
@@ -264,6 +268,6 @@ def test_tfestimator_in_input_mode_tensorflow_writes_the_mapped_columns_as_tfrec
     assert len(model.history["val_loss"]) == 4
     model = estimator.fit(train)      # again: the earlier TFRecords are replaced, not mixed in
     assert dfutil.loadTFRecords(spark, tfrecord_dir).count() == train.count()
-    test = spark.createDataFrame([(1.0, 1.0)], "a double, b double")
+    test = spark.createDataFrame([(1.0, 1.0)], "a double, b double").coalesce(1)
     (row,) = model.transform(test).collect()
     assert row.output_0 == pytest.approx(sum(WEIGHTS), abs=0.01)
