@@ -635,6 +635,7 @@ static int find_region(tfos_engine *e, const void *base, uint64_t len, tfos_mr *
         if (inside(&e->regions[i], base, len)) hit = &e->regions[i];
     if (!hit && e->has_landing && inside(&e->landing, base, len)) hit = &e->landing;
     if (!hit && inside(&e->ring, base, len)) hit = &e->ring;
+    if (!hit && e->nic->ops->any_source) hit = &TFOS_NIC_ANY;   /* shm: no staging copy */
     if (hit) *out = *hit;
     return hit != NULL;
 }
@@ -673,7 +674,7 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
     }
     if ((rc = wait_for(e, posted_room, NULL, deadline, 1, err))) return rc;
     if (nparts == 1 && total && find_region(e, parts[0].base, total, &local)) {
-        local_offset = (uint64_t)((const uint8_t *)parts[0].base - (uint8_t *)local.addr);
+        local_offset = (uint64_t)((uintptr_t)parts[0].base - (uintptr_t)local.addr);
         e->stats.direct_bytes += total;
     } else {
         if ((rc = stage_alloc(e, (int64_t)total, deadline, &local_offset, &stage_end, err)))
@@ -729,8 +730,7 @@ static int rdv_payload(tfos_engine *e, const tfos_iov *parts, int nparts, uint64
                             "was being sent", e->name);
             n = parts[i].len - in_part;
             if (n > DIRECT_CHUNK) n = DIRECT_CHUNK;
-            local_offset = (uint64_t)((const uint8_t *)parts[i].base + in_part -
-                                      (uint8_t *)mr.addr);
+            local_offset = (uint64_t)((uintptr_t)parts[i].base + in_part - (uintptr_t)mr.addr);
             rc = post(e, &mr, local_offset, &e->rdv_landing, off, n, off + n == total, imm, -1,
                       "a payload", err);
             if (rc) return rc;

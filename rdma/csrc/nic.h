@@ -98,7 +98,15 @@ typedef struct {
     /* Wakes a poll() blocked on this nic from another thread (it returns TFOS_NIC_ETIMEDOUT). */
     void (*interrupt)(tfos_nic *nic);
     void (*destroy)(tfos_nic *nic);
+    /* 1 when write() also takes unregistered memory of this process: local == &TFOS_NIC_ANY
+     * (addr NULL, length UINT64_MAX) and local_offset is then the source's address; the copy
+     * is done before write() returns. A carrier that copies with the CPU (shm) says so, and
+     * the engine sends the caller's memory without a staging copy; a device (verbs) cannot. */
+    int any_source;
 } tfos_nic_ops;
+
+/* The pseudo-region of any_source writes: every address of this process. */
+static const tfos_mr TFOS_NIC_ANY = {NULL, UINT64_MAX, 0, 0, NULL};
 
 struct tfos_nic {
     const tfos_nic_ops *ops;

@@ -289,7 +289,8 @@ static int shm_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
                     n->base.peer, length, remote->rkey, remote_offset);
     if (length >= CHECK_PEER_BYTES && peer_hung_up(n)) return closed_error(n, err);
     if (length) memcpy((uint8_t *)peer + off + remote_offset,
-                       (const uint8_t *)local->addr + local_offset, length);
+                       local->addr ? (const uint8_t *)local->addr + local_offset
+                                   : (const uint8_t *)(uintptr_t)local_offset, length);
     if (flags & TFOS_NIC_IMM) {
         uint64_t head = n->tx_head;
         if (head - atomic_load_explicit(&peer->cq_tail, memory_order_acquire) >= CQ_DEPTH)
@@ -409,6 +410,7 @@ static const tfos_nic_ops SHM_OPS = {
     .poll = shm_poll,
     .interrupt = shm_interrupt,
     .destroy = shm_destroy,
+    .any_source = 1,   /* write() is a memcpy: any memory of this process is a fine source */
 };
 
 /* -- set-up ------------------------------------------------------------------------------ */
