@@ -277,6 +277,7 @@ static const tfos_nic_ops LOOPBACK_OPS = {
     .poll = lb_poll,
     .interrupt = lb_interrupt,
     .destroy = lb_destroy,
+    .any_source = 0,   /* registered memory only, like a device: keeps the staging path tested */
 };
 
 int tfos_loopback_pair(tfos_nic **a, tfos_nic **b, char *err) {

@@ -633,6 +633,7 @@ static void verbs_destroy(tfos_nic *nic) {
 static const tfos_nic_ops verbs_ops = {
     "verbs", verbs_alloc_mr, verbs_free_mr, verbs_export_mr, verbs_write, verbs_poll,
     verbs_interrupt, verbs_destroy,
+    0,   /* any_source: the device reads registered memory only */
 };
 
 /* ---- set-up: device and port --------------------------------------------------------------- */
