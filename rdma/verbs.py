@@ -24,7 +24,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from rdma import check, core, framing, tcp
+from rdma import check, core, tcp
 from rdma._io import Channel, Deadline
 from rdma._listener import SocketListener
 from rdma.comm import Backend, Comm, CommOptions, Listener
@@ -73,40 +73,11 @@ class RdmaOptions(CommOptions):
 
 
 class RdmaComm(core.LinkComm):
-    """An rdma:// comm: a link of the compiled core over its verbs carrier.
-
-    A message is copied into registered memory of the comm's own (grown to the largest one
-    sent) and written from there, so that ``send`` returns once the peer's device acknowledged
-    every byte. From the engine's staging area a write would still be in flight when ``send``
-    returns, and a ``close`` that follows at once could hang the link up before it landed: the
-    peer would see the end without the last messages (the engine's close does not wait for
-    posted writes)."""
-
-    _MIN_REGION = 64 << 10
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._region = None
-
-    def send(self, parts, timeout: float | None = None) -> None:
-        views, total = framing.gather(parts)
-        framing.check_size(total, self._max_message, self.peer_address)
-        link = self._live()
-        with self._send_lock:
-            if self._region is None or len(self._region) < total:
-                self._region = None      # deregistered before the larger one is registered
-                size = max(self._MIN_REGION, 1 << (total - 1).bit_length())
-                self._region = link.alloc(min(size, max(total, self._max_message)))
-            offset = 0
-            for view in views:
-                self._region[offset:offset + len(view)] = view
-                offset += len(view)
-            link.send([self._region[:total]], timeout)
-
-    def close(self) -> None:
-        super().close()             # wakes a send blocked in another thread
-        with self._send_lock:
-            self._region = None
+    """An rdma:// comm: a link of the compiled core over its verbs carrier. A message's writes
+    may still be in flight when ``send`` returns; once the comm is closed and dropped, the
+    link waits (up to 1 s) for every write it posted to complete before its queue pair is
+    torn down and the bootstrap socket hung up (rdma/csrc/module.c), so what was sent before
+    ``close()`` lands before the peer sees the end."""
 
 
 def missing() -> str | None:

@@ -27,7 +27,10 @@
 #include "verbs_carrier.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static PyObject *FrameError, *CommError, *CommClosed, *CommTimeout;
 
@@ -307,19 +310,125 @@ static PyObject *link_from_nic(tfos_nic *nic, const tfos_engine_opts *opts) {
     return (PyObject *)link;
 }
 
+/* -- verbs links: their last writes land before the carrier hangs up ---------------------
+ *
+ * A verbs write completes after write() returned, when the peer's device acknowledges it, and
+ * the engine's close() posts its farewell without waiting for what is still in flight. The
+ * carrier's destroy() hangs the bootstrap socket up first, and a process that exits takes its
+ * queue pair with it: either can end the link at the peer before the last messages landed.
+ * So a verbs nic is wrapped here in one that counts writes posted and completed, and a closed
+ * link is drained (its completions polled until every write completed, at most DRAIN_MS) before
+ * it is destroyed. Then the destruction itself, whose carrier lingers up to 1 s for the peer's
+ * own hang-up, goes to a detached thread: nothing here needs that wait. */
+#define DRAIN_MS 1000
+
+typedef struct {
+    tfos_nic base;         /* first: what the engine holds */
+    tfos_nic *inner;
+    atomic_ullong posted, completed;
+} counted_nic;
+
+static int counted_alloc_mr(tfos_nic *nic, uint64_t length, tfos_mr *out, char *err) {
+    tfos_nic *inner = ((counted_nic *)nic)->inner;
+    return inner->ops->alloc_mr(inner, length, out, err);
+}
+
+static void counted_free_mr(tfos_nic *nic, tfos_mr *mr) {
+    tfos_nic *inner = ((counted_nic *)nic)->inner;
+    inner->ops->free_mr(inner, mr);
+}
+
+static void counted_export_mr(tfos_nic *nic, const tfos_mr *mr, tfos_remote_mr *out) {
+    tfos_nic *inner = ((counted_nic *)nic)->inner;
+    inner->ops->export_mr(inner, mr, out);
+}
+
+static int counted_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
+                         const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
+                         int flags, uint32_t imm, uint64_t wr_id, char *err) {
+    counted_nic *c = (counted_nic *)nic;
+    int rc = c->inner->ops->write(c->inner, local, local_offset, remote, remote_offset, length,
+                                  flags, imm, wr_id, err);
+    if (rc == TFOS_NIC_OK) atomic_fetch_add(&c->posted, 1);
+    return rc;
+}
+
+static int counted_poll(tfos_nic *nic, tfos_completion *out, int max, int timeout_ms,
+                        char *err) {
+    counted_nic *c = (counted_nic *)nic;
+    int n = c->inner->ops->poll(c->inner, out, max, timeout_ms, err);
+    for (int i = 0; i < n; i++)
+        if (out[i].kind == TFOS_NIC_SENT) atomic_fetch_add(&c->completed, 1);
+    return n;
+}
+
+static void counted_interrupt(tfos_nic *nic) {
+    tfos_nic *inner = ((counted_nic *)nic)->inner;
+    inner->ops->interrupt(inner);
+}
+
+static void counted_destroy(tfos_nic *nic) {
+    counted_nic *c = (counted_nic *)nic;
+    c->inner->ops->destroy(c->inner);
+    free(c);
+}
+
+static const tfos_nic_ops COUNTED_VERBS_OPS = {
+    .name = "verbs",
+    .alloc_mr = counted_alloc_mr,
+    .free_mr = counted_free_mr,
+    .export_mr = counted_export_mr,
+    .write = counted_write,
+    .poll = counted_poll,
+    .interrupt = counted_interrupt,
+    .destroy = counted_destroy,
+};
+
+/* inner wrapped (NULL, inner destroyed, when out of memory). */
+static tfos_nic *count_writes(tfos_nic *inner) {
+    counted_nic *c = calloc(1, sizeof *c);
+    if (!c) {
+        inner->ops->destroy(inner);
+        return NULL;
+    }
+    c->base.ops = &COUNTED_VERBS_OPS;
+    memcpy(c->base.peer, inner->peer, sizeof c->base.peer);
+    c->inner = inner;
+    atomic_init(&c->posted, 0);
+    atomic_init(&c->completed, 0);
+    return &c->base;
+}
+
+/* Polls a closed link's nic until every write it posted completed (or the peer is gone, or
+ * DRAIN_MS passed). Only when nobody else can call the engine: from the Link's deallocation. */
+static void drain_writes(tfos_nic *nic) {
+    counted_nic *c = (counted_nic *)nic;
+    tfos_completion done[64];
+    char err[TFOS_NIC_ERRLEN];
+    struct timespec now;
+    long long until, left;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    until = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + DRAIN_MS;
+    while (atomic_load(&c->completed) < atomic_load(&c->posted)) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = until - ((long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        if (left <= 0) break;
+        int n = counted_poll(nic, done, 64, (int)left, err);
+        if (n < 0 && n != TFOS_NIC_ETIMEDOUT) break;   /* the peer is gone, or the link broke */
+    }
+}
+
 static void *destroy_engine(void *e) {
     tfos_engine_destroy(e);
     return NULL;
 }
 
-/* The verbs carrier's destroy lingers (up to 1 s) until the peer hangs up too, so that the
- * peer's last writes are acknowledged. Nothing here needs that wait: the link is closed and no
- * view of its memory is left, so a detached thread finishes the destruction. */
 static void dispose_engine(tfos_engine *e) {
     pthread_attr_t attr;
     pthread_t thread;
     int rc = -1;
-    if (!strcmp(tfos_engine_nic(e)->ops->name, "verbs") && !pthread_attr_init(&attr)) {
+    if (tfos_engine_nic(e)->ops == &COUNTED_VERBS_OPS && !pthread_attr_init(&attr)) {
+        drain_writes(tfos_engine_nic(e));
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         rc = pthread_create(&thread, &attr, destroy_engine, e);
         pthread_attr_destroy(&attr);
@@ -694,8 +803,10 @@ static PyObject *core_verbs_link(PyObject *Py_UNUSED(module), PyObject *args, Py
     }
     Py_BEGIN_ALLOW_THREADS
     rc = tfos_verbs_create(fd, &verbs, &nic, err);
+    if (rc == 0) nic = count_writes(nic);
     Py_END_ALLOW_THREADS
     if (rc < 0) return raise_code(rc, err);
+    if (!nic) return PyErr_NoMemory();
     return link_from_nic(nic, &opts);
 }
 

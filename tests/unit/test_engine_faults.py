@@ -214,8 +214,8 @@ def test_a_peer_killed_mid_transfer_is_comm_closed_within_a_bound(served):
             assert (isinstance(error, CommClosed) and "died" in str(error)) or (
                 served.kind == "verbs" and "IBV_WC_RETRY_EXC_ERR" in str(error)), error
             assert at - killed < 2.0
-            with pytest.raises(CommClosed):
-                link.recv(timeout=LIMIT)
+            with pytest.raises(CommClosed if served.kind == "shm" else CommError):
+                link.recv(timeout=LIMIT)      # verbs: whichever of the two ended the link
     finally:
         proc.join(5)
 
