@@ -5,9 +5,10 @@ A message bounces between this process and an echo process (a thread, for loopba
 
 * ``memcpy``: one numpy copy in this process, the ceiling of a one-copy transport;
 * ``socketpair``: a plain Unix socket pair, Python ``sendall``/``recv_into``;
-* ``shm://``: the Python shm Comm (rdma.shm), its ring sized so every message fits;
+* ``shm://``: the shm:// Comm (rdma.shm, over the core's shm link where rdma._core is
+  built), its ring sized so every message fits;
 * ``core shm``: the compiled core's shm link (rdma.core), messages from ordinary numpy memory
-  (copied through the engine's staging area);
+  (written from where they lie: the shm carrier copies from any memory);
 * ``core alloc``: the same link, messages built in registered memory (``link.alloc``): one copy;
 * ``core loopback``: the compiled core's loopback carrier, both ends in this process.
 

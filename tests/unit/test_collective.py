@@ -53,12 +53,14 @@ def run_group(size: int, scheme: str, tmp_path, script, starts=None) -> list:
     for rank in starts or range(size):
         procs[rank].start()
     try:
-        answers = [None] * size
-        for _ in range(size):
+        answers, errors = [None] * size, []
+        for _ in range(size):     # every rank's outcome: the first error may be a consequence
             rank, error, value = results.get(timeout=120)
             if error:
-                raise AssertionError(f"rank {rank}: {error}")
+                errors.append(f"rank {rank}: {error}")
             answers[rank] = value
+        if errors:
+            raise AssertionError("\n".join(errors))
         return answers
     finally:
         for proc in procs:
