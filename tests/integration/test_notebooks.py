@@ -4,11 +4,10 @@ jupyter_client): top to bottom, and what notebook users do between cells: interr
 import json
 import queue
 import re
-import subprocess
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, tfos_processes
 
 NOTEBOOKS = REPO / "examples" / "notebooks"
 
@@ -208,8 +207,9 @@ def test_a_notebook_interrupts_train_reruns_the_launch_cell_and_starts_a_second_
         assert status == "ok" and "[20, 20] []" in text, text
     finally:
         kernel.close()
-    left = subprocess.run(["pgrep", "-f", "tfos.node.main"], capture_output=True, text=True)
-    assert left.stdout.strip() == "", "TF node processes outlived the kernel"
+    # This session's TF node processes only (another test run may share the machine).
+    left = [p.pid for p in tfos_processes() if "tfos.node.main" in " ".join(p.info["cmdline"])]
+    assert left == [], "TF node processes outlived the kernel"
 
 
 def _cluster_id(kernel: Kernel) -> str:
