@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -114,16 +112,14 @@ def spark_local_cluster_4x1(spark_sessions):
     return spark_sessions.get("local-cluster[4,1,1024]")
 
 
-def tfos_processes(mark: str | None = None) -> list[psutil.Process]:
-    """The TF node, guard and TensorBoard processes started by this test session (or by the
-    runs whose environment carries ``mark`` instead, see ``BackgroundRuns``)."""
-    mark = mark or os.environ[SESSION_MARK]
+def tfos_processes() -> list[psutil.Process]:
+    """The TF node, guard and TensorBoard processes started by this test session."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
         if any(marker in cmdline for marker in TFOS_PROCESS_MARKERS):
             try:
-                ours = proc.environ().get(SESSION_MARK) == mark
+                ours = proc.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]
             except psutil.Error:
                 continue  # gone already
             if ours:
@@ -131,60 +127,18 @@ def tfos_processes(mark: str | None = None) -> list[psutil.Process]:
     return found
 
 
-def kill_left_behind(mark: str | None = None) -> list[str]:
-    """The command lines of the ``tfos_processes(mark)`` still alive after a bounded wait (their
-    clean-up is asynchronous), which are then killed."""
-    deadline = time.monotonic() + 15
-    left = tfos_processes(mark)
-    while left and time.monotonic() < deadline:
-        psutil.wait_procs(left, timeout=1)
-        left = tfos_processes(mark)
-    for proc in left:
-        proc.kill()
-    return [" ".join(proc.info["cmdline"]) for proc in left]
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """Fails the test if any tfos process outlives it (bounded wait: kills are asynchronous)."""
     yield
-    left = kill_left_behind()
-    assert not left, f"tfos processes left behind: {left}"
-
-
-class BackgroundRuns:
-    """Script runs started ahead of the tests that check their output, ``at_once`` at a time,
-    in the order submitted (the longest first); each test waits for the future of its own.
-
-    Most of a run is starting JVMs and TensorFlow processes that wait on one another, time
-    another run's work fills on 2 cores. The runs' processes carry a mark of their own (pass
-    ``env`` to them), not the session's, which the per-test leftover check would find while a
-    run for a later test is still going; at the end of the ``with`` block every run is waited
-    for and none of their processes may be left.
-    """
-
-    def __init__(self, at_once: int = 2):
-        self.mark = f"runs-{uuid.uuid4().hex[:8]}"
-        self.env = {**os.environ, SESSION_MARK: self.mark}
-        self._pool = ThreadPoolExecutor(at_once)
-
-    def submit(self, fn, *args, **kwargs) -> Future:
-        return self._pool.submit(fn, *args, **kwargs)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self._pool.shutdown(wait=True)
-        left = kill_left_behind(self.mark)
-        assert not left, f"tfos processes of the background runs left behind (killed): {left}"
-
-
-def selected_tests(request) -> set[str]:
-    """The tests of ``request``'s module that this session runs: their functions' names, and
-    those of the parametrized ones with their parameters (``test_x[0-local[3]]``)."""
-    items = [item for item in request.session.items if item.module is request.module]
-    return {item.function.__name__ for item in items} | {item.name for item in items}
+    deadline = time.monotonic() + 15
+    left = tfos_processes()
+    while left and time.monotonic() < deadline:
+        psutil.wait_procs(left, timeout=1)
+        left = tfos_processes()
+    for proc in left:
+        proc.kill()
+    assert not left, f"tfos processes left behind: {[p.info['cmdline'] for p in left]}"
 
 
 def run_app(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
