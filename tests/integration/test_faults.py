@@ -18,6 +18,10 @@ import tfos
 from tfos import ClusterFailed
 
 FAULT_SURFACES_WITHIN = 30.0
+# After a fault the surviving TF node is stopped: SIGTERM, then SIGKILL after kill_grace. One
+# blocked in a collective or its rendezvous waits out the grace (3 s by default), which the
+# tests of training faults are not about.
+KILL_GRACE = 1.0
 
 
 def inject(how: str) -> None:
@@ -91,7 +95,8 @@ def mwms_with_fault(args, ctx):
 @pytest.mark.parametrize("how", ["raise", "exit", "kill"])
 def test_a_tf_node_failing_while_training(spark_local_cluster_4x1, when, how):
     cluster = tfos.TFCluster.run(spark_local_cluster_4x1, mwms_with_fault,
-                                 {"when": when, "how": how}, num_executors=2, log_stream=None)
+                                 {"when": when, "how": how}, num_executors=2,
+                                 kill_grace=KILL_GRACE, log_stream=None)
     with pytest.raises(ClusterFailed) as failed:
         cluster.shutdown(timeout=300)
     check_failure(failed, how, time.time())
