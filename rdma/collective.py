@@ -30,6 +30,8 @@ once never wait on each other.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import queue
 import struct
 import threading
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rdma import _shared
 from rdma import comm as rdma_comm
 from rdma.errors import CommError, CommTimeout, ConnectFailed
 
@@ -55,7 +58,11 @@ ALONE_BYTES = 64 << 10
 # All-reduces of fewer bytes go once round the ring whole (latency bound), larger ones as the
 # chunked ring (bandwidth bound).
 SMALL_BYTES = 64 << 10
+# Up to this many bytes, ranks all on one host reduce in shared memory (``rdma._shared``: each
+# rank maps its slot plus, on rank 0, two result buffers of this size); larger: the ring.
+SHARED_MAX = 1 << 30
 _HEADER = struct.Struct("<I")
+logger = logging.getLogger(__name__)
 
 
 class CollectiveMismatch(CommError):
@@ -86,8 +93,11 @@ class Group:
     """
 
     def __init__(self, rank: int, size: int, to_next: rdma_comm.Comm | None,
-                 from_prev: rdma_comm.Comm | None, timeout: float | None = None):
+                 from_prev: rdma_comm.Comm | None, timeout: float | None = None,
+                 shared: bool = False):
         self.rank, self.size = rank, size
+        # All ranks on one host: large all-reduces read each other's inputs in shared memory.
+        self._arena = _shared.Arena(rank, size) if shared and size > 1 else None
         self._next, self._prev = to_next, from_prev
         self._timeout = timeout
         self._seq = 0
@@ -126,7 +136,10 @@ class Group:
             raise CollectiveMismatch(f"rank {rank} expected rank {(rank - 1) % size} to "
                                      f"connect to it, got rank {sender}: the addresses lists "
                                      "differ between ranks")
-        return cls(rank, size, to_next, from_prev)
+        # The same on every rank: the addresses list and (set for the whole job) the variable.
+        shared = (all(address.startswith("shm://") for address in addresses)
+                  and os.environ.get("TFOS_COLLECTIVE_SHARED", "1") != "0")
+        return cls(rank, size, to_next, from_prev, shared=shared)
 
     @classmethod
     def join(cls, rank: int, addresses: list[str], secret: bytes,
@@ -138,6 +151,12 @@ class Group:
         deadline = time.monotonic() + timeout
         with rdma_comm.listen(addresses[rank], secret) as listener:
             return cls.connect(rank, addresses, listener, secret, timeout, deadline)
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether large all-reduces run in shared memory (every rank on this host, and no rank
+        has failed to map the others' memory) rather than round the ring."""
+        return self._arena is not None
 
     # -- the operations -------------------------------------------------------------------------
     def allreduce(self, tensor, op: str = "sum") -> np.ndarray:
@@ -153,10 +172,13 @@ class Group:
             result = flat.copy()
         elif array.nbytes < SMALL_BYTES:
             result = reduce.reduce(self._allgather_flat(call, flat), axis=0, dtype=flat.dtype)
-        else:
-            result = self._results.take(flat.nbytes).view(flat.dtype)
-            self._ring_allreduce(call, flat, result, reduce, op == "mean")
-            return result.reshape(array.shape)     # the ring divided the mean chunk by chunk
+        else:      # the reductions divided the mean chunk by chunk
+            result = (self._shared_allreduce(call, flat, reduce, op == "mean")
+                      if self._arena is not None and flat.nbytes <= SHARED_MAX else None)
+            if result is None:
+                result = self._results.take(flat.nbytes).view(flat.dtype)
+                self._ring_allreduce(call, flat, result, reduce, op == "mean")
+            return result.reshape(array.shape)
         if op == "mean":
             _divide(result, self.size)
         return result.reshape(array.shape)
@@ -215,6 +237,8 @@ class Group:
                 self._wait_sent()
 
     def close(self) -> None:
+        if self._arena is not None:
+            self._arena.close()
         if self._sender is not None:
             self._sends.put(None)
             self._sender.join(5)
@@ -247,6 +271,41 @@ class Group:
         for step in range(n - 1):       # allgather the complete chunks
             self._exchange(call, chunk[(self.rank - step + 1) % n],
                            chunk[(self.rank - step) % n], None)
+
+    # -- in shared memory -----------------------------------------------------------------------
+    def _shared_allreduce(self, call: Call, flat: np.ndarray, reduce,
+                          mean: bool) -> np.ndarray | None:
+        """The all-reduce in the group's shared memory (see ``rdma._shared``): a read-only view
+        of the result, or None when every rank must take the ring instead."""
+        arena = self._arena
+        record = arena.prepare(flat.nbytes)
+        bounds = np.linspace(0, flat.size, self.size + 1).astype(np.int64)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        if not arena.broken:      # the parts of the input the others reduce
+            slot = arena.slots[self.rank][:flat.nbytes].view(flat.dtype)
+            slot[:lo], slot[hi:] = flat[:lo], flat[hi:]
+        records = self._allgather_flat(call, record)          # every input is in place
+        if (records[:, -1] != _shared.FINE).any():
+            if self.rank == 0:
+                logger.warning("collectives take the ring from now on, not shared memory: %s",
+                               arena.broken or "another rank cannot use it")
+            self._arena = None
+            return None
+        index = arena.attach(records)
+        if index is not None:
+            out = arena.results[index][:flat.nbytes].view(flat.dtype)
+            sources = [flat if rank == self.rank else
+                       arena.slots[rank][:flat.nbytes].view(flat.dtype)
+                       for rank in range(self.size)]
+            _shared.reduce_chunk(out[lo:hi], [source[lo:hi] for source in sources], reduce,
+                                 self.size if mean else 0)
+        status = np.array([_shared.BROKEN if arena.broken else _shared.FINE], np.int64)
+        if (self._allgather_flat(call, status) != _shared.FINE).any():
+            self._arena = None      # a rank could not map the others': the ring from now on
+            return None
+        if index is None:           # every result buffer is still held somewhere
+            return None
+        return arena.hand_out(index, flat.nbytes, flat.dtype, flat.shape)
 
     def _exchange(self, call: Call, outgoing: np.ndarray, incoming: np.ndarray, reduce,
                   own: np.ndarray | None = None) -> None:

@@ -78,6 +78,8 @@ def every_operation(group):
         out[f"min-{dtype}"] = group.allreduce(x, "min")
     out["mean"] = group.allreduce(tensor(group.rank, (5,), "float32"), "mean")
     out["big"] = group.allreduce(tensor(group.rank, (1 << 20,), "float32"))
+    # Shared memory hands out read-only views of the one result; the ring a private array.
+    out["read-only"] = not out["big"].flags.writeable
     # The ring (over SMALL_BYTES) for the other reductions too; it divides means per chunk.
     out["big-mean"] = group.allreduce(tensor(group.rank, (1 << 15,), "int64"), "mean")
     signed = tensor(group.rank, (1 << 15,), "float32") * (-1) ** group.rank
@@ -92,10 +94,14 @@ def every_operation(group):
     return out
 
 
-@pytest.mark.parametrize("scheme", ["shm", "tcp"])
-def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path):
+@pytest.mark.parametrize("scheme", ["shm", "shm-ring", "tcp"])
+def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path, monkeypatch):
+    """``shm``: large all-reduces in shared memory; ``shm-ring``: the same links, the ring."""
     size = 3
-    answers = run_group(size, scheme, tmp_path, every_operation)
+    if scheme == "shm-ring":
+        monkeypatch.setenv("TFOS_COLLECTIVE_SHARED", "0")   # the spawned ranks inherit it
+    answers = run_group(size, scheme.split("-")[0], tmp_path, every_operation)
+    assert [answer["read-only"] for answer in answers] == [scheme == "shm"] * size
     for dtype in ("float32", "float64", "int32", "int64", "uint8", "float16"):
         inputs = [tensor(r, (3, 7), dtype) for r in range(size)]
         with np.errstate(over="ignore"):
@@ -127,6 +133,49 @@ def test_every_operation_matches_numpy_on_three_ranks(scheme, tmp_path):
         # Every rank holds the very same bits: replicas that train on them stay identical.
         for answer in answers[1:]:
             assert answer[f"random-{name}"].tobytes() == answers[0][f"random-{name}"].tobytes()
+
+
+def held_results(group):
+    """Results kept across calls, more of them than shared memory has result buffers, and a
+    tensor that outgrows the shared memory: none of them may change afterwards."""
+    def x(scale, count=1 << 18):
+        return np.full(count, float(scale * (group.rank + 1)), np.float32)
+    held = [group.allreduce(x(1)), group.allreduce(x(2)), group.allreduce(x(3))]
+    paths = [not h.flags.writeable for h in held]       # True: the shared-memory path
+    del held[0]                                         # its buffer is free again
+    held.append(group.allreduce(x(4)))
+    held.append(group.allreduce(x(5, count=1 << 21)))   # grows every rank's shared memory
+    paths += [not held[-2].flags.writeable, not held[-1].flags.writeable]
+    held.append(group.allreduce(x(6, count=1 << 21), "mean"))
+    with pytest.raises(ValueError, match="read-only"):
+        held[-1][0] = 0
+    return paths, [(float(h.min()), float(h.max()), h.size) for h in held]
+
+
+def test_shared_memory_results_held_across_calls_are_never_overwritten(tmp_path):
+    answers = run_group(3, "shm", tmp_path, held_results)
+    for paths, values in answers:
+        # Two result buffers: the third held result takes the ring, the next reuses the one
+        # freed; the grown memory starts with fresh buffers.
+        assert paths == [True, True, False, True, True]
+        assert values == [(12.0, 12.0, 1 << 18), (18.0, 18.0, 1 << 18), (24.0, 24.0, 1 << 18),
+                          (30.0, 30.0, 1 << 21), (12.0, 12.0, 1 << 21)]
+
+
+def one_rank_cannot_map(group):
+    """Rank 1 fails to map its peers' memory (as when the ranks run as different users)."""
+    if group.rank == 1:
+        def refused(*args):
+            raise PermissionError(13, "Permission denied", "/proc/1/fd/3")
+        group._arena._map = refused
+    x = np.full(1 << 18, group.rank + 1.0, np.float32)
+    results = [group.allreduce(x), group.allreduce(x)]
+    return [(float(r[0]), r.flags.writeable) for r in results], group._arena is None
+
+
+def test_a_rank_that_cannot_map_shared_memory_sends_every_rank_to_the_ring(tmp_path):
+    answers = run_group(3, "shm", tmp_path, one_rank_cannot_map)
+    assert answers == [([(6.0, True), (6.0, True)], True)] * 3
 
 
 def rank_sum(group):

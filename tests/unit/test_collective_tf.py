@@ -86,6 +86,9 @@ def operations_and_keras(hvd):
     out["eager_max"] = hvd.allreduce(tf.constant([r, -r], tf.int32), op=hvd.Max).numpy()
     out["gather"] = hvd.allgather(tf.fill([2, 3], r)).numpy()
     out["bcast"] = hvd.broadcast(tf.constant([r, r], tf.int64), root_rank=2).numpy()
+    # Large: the shared-memory all-reduce, whose results later calls must leave alone.
+    large = [hvd.allreduce(tf.fill([1 << 16], float(r + k)), op=hvd.Sum) for k in range(4)]
+    out["large"] = [(float(tf.reduce_min(t)), float(tf.reduce_max(t))) for t in large]
 
     @tf.function
     def graph_step(x):
@@ -131,12 +134,14 @@ def test_operations_tape_and_keras3_fit_on_a_chief_and_two_workers():
     answers = run_cluster(operations_and_keras)
     assert [a["rank"] for a in answers] == [0, 1, 2] and {a["size"] for a in answers} == {3}
     assert [a["local"] for a in answers] == [(0, 3), (1, 3), (2, 3)]
-    assert answers[0]["transports"] == {"from_prev": "shm://", "to_next": "shm://"}
+    assert answers[0]["transports"] == {"from_prev": "shm://", "to_next": "shm://",
+                                        "allreduce": "shared-memory"}
     for a in answers:
         np.testing.assert_allclose(a["eager_mean"], [2.0, 4.0])
         assert a["eager_max"].tolist() == [2, 0]
         assert a["gather"].tolist() == [[0] * 3] * 2 + [[1] * 3] * 2 + [[2] * 3] * 2
         assert a["bcast"].tolist() == [2, 2]
+        assert a["large"] == [(3.0 + 3 * k, 3.0 + 3 * k) for k in range(4)]
         np.testing.assert_allclose(a["graph"][0], [3.0] * 5)
         np.testing.assert_allclose(a["graph"][1], [6.0] * 5)
         np.testing.assert_allclose(a["graph"][2], [1.0] * 5)

@@ -193,11 +193,14 @@ def local_size() -> int:
 
 
 def transports() -> dict:
-    """The schemes of this rank's two links: ``{"from_prev": "shm://", "to_next": "tcp://"}``."""
+    """The schemes of this rank's two links and how large all-reduces run: ``{"from_prev":
+    "shm://", "to_next": "shm://", "allreduce": "shared-memory"}`` (every rank on one host) or
+    ``"ring"`` (over the links)."""
     addresses = _state_or_fail("addresses")
     me = rank()
     return {"from_prev": _scheme(addresses[me]),
-            "to_next": _scheme(addresses[(me + 1) % len(addresses)])}
+            "to_next": _scheme(addresses[(me + 1) % len(addresses)]),
+            "allreduce": "shared-memory" if _group().shared_memory else "ring"}
 
 
 def _state_or_fail(key: str):
