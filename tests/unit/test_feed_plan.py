@@ -1,4 +1,4 @@
-"""The per-epoch split of partitions among workers: equal records per worker, nothing twice."""
+"""The epoch ledger: workers kept level as chunks are granted, retries granted the same."""
 import collections
 
 import pytest
@@ -6,58 +6,58 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfos.core.errors import ConfigError
-from tfos.core.feed_plan import plan_epoch
+from tfos.core.feed_plan import BALANCE_ROWS, EpochLedger
+
+chunks = st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3000)), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
-@given(counts=st.lists(st.integers(0, 50), max_size=30), workers=st.integers(1, 8),
-       epoch=st.integers(0, 5), seed=st.one_of(st.none(), st.integers(0, 3)))
-def test_every_worker_gets_the_same_count_and_no_row_is_fed_twice(counts, workers, epoch, seed):
-    plan = plan_epoch(counts, workers, epoch, seed)
-    total = sum(counts)
-    assert plan.per_worker == total // workers
-    assert plan.dropped == total % workers < workers
-    per_worker = collections.Counter()
-    rows = set()
-    for r in plan.ranges:
-        assert 0 <= r.start < r.stop <= counts[r.partition]
-        per_worker[r.worker] += len(r)
-        for row in range(r.start, r.stop):
-            assert (r.partition, row) not in rows
-            rows.add((r.partition, row))
-    assert all(per_worker[w] == plan.per_worker for w in range(workers) if plan.per_worker)
-    assert set(per_worker) <= set(range(workers))
-    assert len(rows) == total - plan.dropped
+@given(workers=st.integers(1, 9), grants=chunks, balance=st.sampled_from([BALANCE_ROWS, 8]))
+def test_workers_stay_level_and_every_row_goes_to_exactly_one_worker(workers, grants, balance):
+    ledger = EpochLedger(workers, balance)
+    offsets = collections.defaultdict(int)
+    received = [0] * workers
+    for partition, rows in grants:
+        grant = ledger.grant(partition, offsets[partition], rows)
+        offsets[partition] += rows
+        assert sum(n for _, n in grant.pieces) == rows
+        assert all(n > 0 and 0 <= w < workers for w, n in grant.pieces)
+        assert len({w for w, _ in grant.pieces}) == len(grant.pieces)   # one piece per worker
+        for worker, n in grant.pieces:
+            received[worker] += n
+        # After every grant: level within the margin, and the floor is what all will have.
+        assert max(received) - min(received) <= balance
+        assert grant.floor == min(received)
+    assert received == ledger.granted and ledger.total == sum(r for _, r in grants)
 
 
-def test_uneven_partitions_are_cut_across_workers():
-    plan = plan_epoch([10, 0, 3, 7], num_workers=2, seed=None)
-    assert plan.per_worker == 10 and plan.dropped == 0
-    assert [(r.partition, r.worker, r.start, r.stop) for r in plan.ranges] == [
-        (0, 0, 0, 10), (2, 1, 0, 3), (3, 1, 0, 7)]
+def test_a_chunk_goes_whole_to_one_worker_while_that_keeps_them_level():
+    ledger = EpochLedger(3, balance=8)
+    assert ledger.grant(0, 0, 5).pieces == ((0, 5),)
+    assert ledger.grant(1, 0, 5).pieces == ((1, 5),)       # the least-fed one next
+    assert ledger.grant(0, 5, 3).pieces == ((2, 3),)
+    # 1,000 rows would put one worker far ahead: they are cut to raise all to one level.
+    grant = ledger.grant(1, 5, 1000)
+    assert grant.pieces == ((0, 333), (1, 332), (2, 335))
+    assert ledger.granted == [338, 337, 338] and grant.floor == 337
 
 
-def test_the_remainder_is_the_tail_of_the_sequence():
-    plan = plan_epoch([5, 4], num_workers=2, seed=None)
-    assert (plan.per_worker, plan.dropped) == (4, 1)
-    assert [(r.partition, r.worker, r.start, r.stop) for r in plan.ranges] == [
-        (0, 0, 0, 4), (0, 1, 4, 5), (1, 1, 0, 3)]
-
-
-def test_the_assignment_changes_between_epochs_but_not_between_runs():
-    counts = [10] * 8
-    plans = [plan_epoch(counts, 2, epoch, seed=7) for epoch in range(4)]
-    assert len({p.ranges for p in plans}) > 1
-    assert plan_epoch(counts, 2, 3, seed=7) == plans[3]
-
-
-def test_fewer_rows_than_workers_feeds_nothing():
-    plan = plan_epoch([1, 0, 1], num_workers=3)
-    assert (plan.per_worker, plan.dropped, plan.ranges) == (0, 2, ())
+def test_a_retried_chunk_goes_to_the_same_workers_and_is_counted_once():
+    ledger = EpochLedger(2)
+    first = ledger.grant(3, 0, 100)
+    ledger.grant(4, 0, 100)
+    before = list(ledger.granted)
+    again = ledger.grant(3, 0, 100)        # Spark's retry of partition 3's task
+    assert again.pieces == first.pieces and ledger.granted == before
+    # A retry whose chunk is shorter gets the first pieces cut to it; a longer one gets the
+    # rest granted anew.
+    assert sum(n for _, n in ledger.grant(3, 0, 30).pieces) == 30
+    longer = ledger.grant(3, 0, 130)
+    assert sum(n for _, n in longer.pieces) == 130 and ledger.total == 230
 
 
 def test_bad_arguments_are_config_errors():
-    with pytest.raises(ConfigError, match="num_workers=0"):
-        plan_epoch([1], 0)
-    with pytest.raises(ConfigError, match=">= 0"):
-        plan_epoch([1, -1], 1)
+    with pytest.raises(ConfigError, match="at least one worker"):
+        EpochLedger(0)
+    with pytest.raises(ConfigError, match="rows >= 1"):
+        EpochLedger(2).grant(0, 0, 0)

@@ -6,7 +6,6 @@ import pytest
 
 from rdma import ConnectFailed, peer
 from tfos import FeedDataError, FeedFailed
-from tfos.core.feed_plan import plan_epoch
 from tfos.executor.feed_task import FeedSpec, NodeEndpoint, feed_training_partition
 from tfos.node.data_feed import DataFeed
 from tfos.node.feed_server import FeedServer
@@ -33,12 +32,11 @@ def consume(server, out):
 def test_records_larger_than_a_chunk_are_sent_in_smaller_messages(node):
     server, endpoint = node
     rows = 100   # 1 MiB each: 100 MiB in all, more than the 64 MiB ring and the 32 MiB buffer
-    plan = plan_epoch([rows], 1)
     server.queue("input").announce_epoch(0, rows)
     received = []
     reader = threading.Thread(target=consume, args=(server, received), daemon=True)
     reader.start()
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
     data = ((np.full(1 << 18, i, np.float32), i) for i in range(rows))
     assert feed_training_partition(spec, 0, data) == rows
     reader.join(60)
@@ -47,9 +45,8 @@ def test_records_larger_than_a_chunk_are_sent_in_smaller_messages(node):
 
 def test_small_records_still_travel_in_full_chunks(node):
     server, endpoint = node
-    plan = plan_epoch([5000], 1)
     server.queue("input").announce_epoch(0, 5000)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
     assert feed_training_partition(spec, 0, ((np.zeros(4, np.float32), i)
                                              for i in range(5000))) == 5000
     chunks = server.queue("input").take(5000, within_epoch=True, timeout=10)
@@ -59,12 +56,11 @@ def test_small_records_still_travel_in_full_chunks(node):
 def test_a_record_larger_than_the_ring_still_goes_through(node):
     server, endpoint = node   # 32 MiB buffer: a 16 MiB shm ring
     rows = 3
-    plan = plan_epoch([rows], 1)
     server.queue("input").announce_epoch(0, rows)
     received = []
     reader = threading.Thread(target=consume, args=(server, received), daemon=True)
     reader.start()
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=32 << 20)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60, buffer_bytes=32 << 20)
     data = ((np.full(5 << 20, i, np.float32), i) for i in range(rows))   # 20 MiB each
     assert feed_training_partition(spec, 0, data) == rows
     reader.join(60)
@@ -73,8 +69,7 @@ def test_a_record_larger_than_the_ring_still_goes_through(node):
 
 def test_a_record_larger_than_the_buffer_fails_naming_partition_row_and_sizes(node):
     server, endpoint = node
-    plan = plan_epoch([0, 3], 1)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=32 << 20)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60, buffer_bytes=32 << 20)
     data = [(np.zeros(9 << 20, np.float32), i) for i in range(3)]     # 36 MiB each
     with pytest.raises(FeedDataError, match=r"partition 1, row 0: 37748\d+ bytes, more than the "
                                          r"feed buffer of node worker:0@127.0.0.1 \(33554432 "
@@ -83,7 +78,7 @@ def test_a_record_larger_than_the_buffer_fails_naming_partition_row_and_sizes(no
     # The node keeps serving the next feeder.
     server.queue("input").announce_epoch(0, 2)
     assert feed_training_partition(
-        FeedSpec("input", 0, (endpoint,), SECRET, plan_epoch([2], 1), timeout=60,
+        FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60,
                  buffer_bytes=32 << 20), 0, [(np.zeros(4, np.float32), i) for i in range(2)]) == 2
 
 
@@ -93,12 +88,11 @@ def test_messages_stay_within_a_small_buffer(tmp_path):
     try:
         endpoint = NodeEndpoint("worker:0@127.0.0.1", tuple(server.addresses))
         rows = 5000
-        plan = plan_epoch([rows], 1)
         server.queue("input").announce_epoch(0, rows)
         received = []
         reader = threading.Thread(target=consume, args=(server, received), daemon=True)
         reader.start()
-        spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, buffer_bytes=buffer)
+        spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60, buffer_bytes=buffer)
         data = ((np.zeros(256, np.float32), i) for i in range(rows))   # ~1 KiB each
         assert feed_training_partition(spec, 0, data) == rows
         reader.join(60)
@@ -126,16 +120,15 @@ def test_shared_memory_only_for_a_node_on_this_host(tmp_path):
         peer.choose((f"shm://{sock}#elsewhere",))
     endpoint = NodeEndpoint("worker:0@h", (f"shm://{sock}#elsewhere",))
     with pytest.raises(FeedFailed, match="no feed address reachable"):
-        feed_training_partition(FeedSpec("input", 0, (endpoint,), SECRET, plan_epoch([1], 1)),
+        feed_training_partition(FeedSpec("input", 0, (endpoint,), SECRET, True),
                                 0, [(np.zeros(1), 0)])
 
 
 def test_a_retried_partition_is_taken_in_once(node):
     server, endpoint = node
     rows = 3000
-    plan = plan_epoch([rows], 1)
     server.queue("input").announce_epoch(0, rows)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60, chunk_rows=100)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60, chunk_rows=100)
 
     def failing_source():
         for i in range(rows):
@@ -155,9 +148,8 @@ def test_a_retried_partition_is_taken_in_once(node):
 
 def test_rows_of_another_shape_in_a_later_message_are_refused_by_the_node(node):
     server, endpoint = node
-    plan = plan_epoch([3, 3], 1)
     server.queue("input").announce_epoch(0, 6)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, plan, timeout=60)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
     assert feed_training_partition(spec, 0, [(np.zeros(4, np.float32), i) for i in range(3)]) == 3
     with pytest.raises(FeedFailed, match=r"feed 'input', partition 1, row 0: column '0' has "
                                          r"shape \(5,\) per row, but the feed's earlier rows"):
@@ -169,7 +161,7 @@ def test_retry_bookkeeping_forgets_epochs_the_node_read_past(node):
     for epoch in range(3):
         server.queue("input").announce_epoch(epoch, 8)
         for partition in range(2):
-            spec = FeedSpec("input", epoch, (endpoint,), SECRET, plan_epoch([4, 4], 1, epoch),
+            spec = FeedSpec("input", epoch, (endpoint,), SECRET, True,
                             timeout=60)
             assert feed_training_partition(spec, partition, [(np.zeros(2, np.float32), i)
                                                              for i in range(4)]) == 4

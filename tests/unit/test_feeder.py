@@ -11,6 +11,7 @@ import pytest
 from tfos import FeedDataError, FeedJobFailed
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig, InputMode
+from tfos.core.feed_plan import BALANCE_ROWS
 from tfos.driver.feeder import Feeder
 from tfos.executor import feed_task
 from tfos.node.data_feed import DataFeed
@@ -34,9 +35,6 @@ class InProcessFeedJobs:
     def __init__(self):
         self.cancels = 0
         self.jobs = 0
-
-    def count(self, data) -> list[int]:
-        return [len(p) for p in data]
 
     def run(self, data, spec, what, cancelled):
         self.jobs += 1
@@ -104,14 +102,17 @@ def finish(feeder, workers):
 def test_every_worker_gets_the_same_share_of_each_epoch_and_no_record_twice(fed_cluster):
     feeder, workers, jobs = fed_cluster
     data = Partitions([rows(0, 7), [], rows(7, 20), rows(20, 25)])   # 25 rows, 2 workers
-    feeder.train(data, num_epochs=2, feed_timeout=30, qname="input")
+    fed = feeder.train(data, num_epochs=2, feed_timeout=30, qname="input")
     finish(feeder, workers)
-    assert jobs.jobs == 2
+    assert jobs.jobs == 2              # one pass over the data per epoch, no counting pass
+    assert [(f.feed, f.epoch) for f in fed] == [("input", 0), ("input", 1)]
     for epoch in range(2):
         shares = [worker.epochs[epoch] for worker in workers]
-        assert [len(s) for s in shares] == [12, 12]
-        fed = shares[0] + shares[1]
-        assert len(set(fed)) == 24 and set(fed) <= set(range(25))   # one left out, none twice
+        per_worker, dropped = fed[epoch].per_worker, fed[epoch].dropped
+        assert [len(s) for s in shares] == [per_worker] * 2
+        union = shares[0] + shares[1]
+        assert len(set(union)) == len(union) and set(union) <= set(range(25))   # none twice
+        assert dropped == 25 - len(union) < 2 * BALANCE_ROWS        # reported, and bounded
 
 
 def test_bad_data_is_known_by_its_report_not_by_the_text_of_the_job_error(fed_cluster):

@@ -10,8 +10,9 @@ raw buffers of its columns:
   (training), or streams ``Results`` with the columns of each batch's results, in order
   (inference).
 - the driver (``tfos.driver.feeder``): ``DriverHello``, then ``EpochStart`` before each
-  epoch, ``EpochCut`` when an epoch's feed job failed (the epoch ends with what arrived), and
-  ``EndAll`` at the end; the node answers each with ``Ok``.
+  epoch; after its feed job, ``EpochQuery`` (the node answers ``EpochCount``) and ``EpochEnd``
+  with the length every worker keeps; ``EpochCut`` when an epoch's feed job failed (the epoch
+  ends with what arrived), and ``EndAll`` at the end; the node answers each with ``Ok``.
 
 Whatever the node cannot take is answered with ``Error``, and the node hangs up.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-VERSION = 1
+VERSION = 2
 
 
 class FeedMode(str, enum.Enum):
@@ -58,10 +59,12 @@ class FeederHello(_Counted):
 
 @dataclass(frozen=True)
 class Batch(_Counted):
-    """``rows`` rows as columns; ``offset``: the first row's index in its partition."""
+    """``rows`` rows as columns; ``offset``: the first row's index in its partition; ``floor``:
+    rows of this epoch every worker is sure to get (training; None: no limit)."""
     rows: int
     offset: int = 0
-    _counts = ("rows", "offset")
+    floor: int | None = None
+    _counts = ("rows", "offset", "floor")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,26 @@ class DriverHello:
 
 @dataclass(frozen=True)
 class EpochStart(_Counted):
-    """Epoch ``epoch`` of ``feed`` brings this worker exactly ``per_worker`` records."""
+    """Epoch ``epoch`` of ``feed`` begins; it brings this worker ``per_worker`` records when
+    that is known before (None: told by ``EpochEnd`` once the epoch was fed)."""
+    feed: str
+    epoch: int
+    per_worker: int | None = None
+    _counts = ("epoch", "per_worker")
+
+
+@dataclass(frozen=True)
+class EpochQuery(_Counted):
+    """How many rows of epoch ``epoch`` arrived, and how many did the reader take?"""
+    feed: str
+    epoch: int
+    _counts = ("epoch",)
+
+
+@dataclass(frozen=True)
+class EpochEnd(_Counted):
+    """Epoch ``epoch`` of ``feed`` has ``per_worker`` records for every worker: the node drops
+    any that arrived above it."""
     feed: str
     epoch: int
     per_worker: int
@@ -118,6 +140,14 @@ class Results(_Counted):
 
 
 @dataclass(frozen=True)
+class EpochCount(_Counted):
+    """The answer to ``EpochQuery``."""
+    received: int
+    taken: int
+    _counts = ("received", "taken")
+
+
+@dataclass(frozen=True)
 class Ok:
     """A driver's marker was applied."""
 
@@ -130,7 +160,7 @@ class Error:
 
 HELLOS = (FeederHello, DriverHello)
 FROM_FEEDER = (Batch, End)
-FROM_DRIVER = (EpochStart, EpochCut, EndAll)
+FROM_DRIVER = (EpochStart, EpochQuery, EpochEnd, EpochCut, EndAll)
 TO_FEEDER = (Done, Results, Error)
-TO_DRIVER = (Ok, Error)
-ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, Ok, Error)
+TO_DRIVER = (Ok, EpochCount, Error)
+ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, EpochCount, Ok, Error)

@@ -257,16 +257,20 @@ class TFCluster:
 
     # -- public ---------------------------------------------------------------------------
     def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600.0,
-              qname: str = "input") -> None:
+              qname: str = "input"):
         """Feeds ``dataRDD`` (an RDD, a DataFrame or a Spark Streaming DStream) to the chief and
         workers for ``num_epochs``.
 
-        Every worker gets the same number of records in each epoch (see ``tfos.core.feed_plan``
-        for the few left out). May be called again to feed more epochs or other data; the nodes'
-        ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns when every epoch was
-        taken in, or early when the nodes stop consuming. A DStream is fed as it arrives: each
-        non-empty micro-batch for ``num_epochs`` epochs (stop it with ``shutdown(ssc)``).
-        Unlike TensorFlowOnSpark, ``num_epochs=0`` is refused rather than read as 10.
+        The data is read once per epoch (no counting pass; caching it only saves recomputing it
+        in later epochs), and every worker gets the same number of records in each epoch: fewer
+        records than there are workers are left out to keep them equal
+        (``tfos.core.feed_plan``), none reaches two workers. May be called again to feed more epochs or other data; the nodes'
+        ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns, once every epoch was
+        taken in (or early when the nodes stop consuming), a list with one
+        ``EpochFed(feed, epoch, per_worker, dropped, seconds)`` per epoch fed. A DStream is fed
+        as it arrives: each non-empty micro-batch for ``num_epochs`` epochs (stop it with
+        ``shutdown(ssc)``); then nothing is returned. Unlike TensorFlowOnSpark,
+        ``num_epochs=0`` is refused rather than read as 10.
         """
         feeder = self._spark_feeder("train")
         if _is_dstream(dataRDD):
@@ -275,7 +279,7 @@ class TFCluster:
             return
         epochs = f"{num_epochs} epoch{'s' if num_epochs != 1 else ''}"
         with self._display.showing(f"feeding {qname!r}, {epochs}"):
-            feeder.train(dataRDD, num_epochs, feed_timeout, qname)
+            return feeder.train(dataRDD, num_epochs, feed_timeout, qname)
 
     def inference(self, dataRDD, feed_timeout: float = 600.0, qname: str = "input",
                   output_schema=None):

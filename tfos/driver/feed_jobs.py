@@ -2,8 +2,8 @@
 
 ``SparkFeedJobs`` is the only part of the data plane that talks to Spark: it runs the feed
 tasks of ``tfos.executor.feed_task`` over an RDD (``mapPartitionsWithIndex``) or a DataFrame
-(``mapInArrow``) under the cluster's feed job group, counts partitions, builds the lazy
-inference transformations, and cancels the running job. ``tfos.driver.feeder.Feeder`` decides
+(``mapInArrow``) under the cluster's feed job group, builds the lazy inference
+transformations, and cancels the running job. ``tfos.driver.feeder.Feeder`` decides
 what to feed; anything with these methods can run its jobs (the unit tests run the same feed
 tasks in-process over lists).
 """
@@ -32,25 +32,6 @@ class SparkFeedJobs:
         self._sc = sc
         self.job_group = job_group
         self._running = threading.Event()
-
-    def count(self, data) -> list[int]:
-        """The rows of every partition of ``data``."""
-        counts: list[int] = []
-
-        def job():
-            if is_dataframe(data):
-                # Counted in the JVM: sending the columns to Python costs as much as feeding.
-                from pyspark.sql import functions as F
-                counts.extend([0] * data.rdd.getNumPartitions())
-                for row in data.groupBy(F.spark_partition_id().alias("p")).count().collect():
-                    counts[row["p"]] = row["count"]
-            else:
-                counts.extend(data.mapPartitions(feed_task.count_rows).collect())
-
-        error = self._in_job_thread(job, "count rows", threading.Event())
-        if error is not None:
-            raise error
-        return counts
 
     def run(self, data, spec: FeedSpec, what: str,
             cancelled: threading.Event) -> BaseException | None:

@@ -3,12 +3,14 @@
 What to feed is decided here; the Spark jobs that do the feeding are run by
 ``tfos.driver.feed_jobs`` and their tasks are ``tfos.executor.feed_task``'s.
 
-``train(data, num_epochs)``: counts the rows of every partition once, then for each epoch
-plans the split (``tfos.core.feed_plan``: the same number of records for every worker), announces
-the epoch to each worker's feed endpoint, and runs one Spark job whose tasks stream their
-partition's ranges into the workers (``tfos.executor.feed_task``). The data never passes through the
-driver; only the small epoch markers do. When the nodes stop consuming (``terminate()``, a
-failure, the end of ``map_fun``) the feed job is cancelled at once.
+``train(data, num_epochs)``: for each epoch, announces it to each worker's feed endpoint and
+runs one Spark job whose tasks read their partition once and stream it into the workers
+(``tfos.executor.feed_task``), asking this driver's ledger of the epoch which workers take
+each chunk (``tfos.core.feed_plan``: the workers stay level as the data flows, with no counting
+pass). When the job is done, every worker is told the epoch's length, the smallest count any
+received. The data never passes through the driver; only the small markers and grants do.
+When the nodes stop consuming (``terminate()``, a failure, the end of ``map_fun``) the feed job
+is cancelled at once.
 
 ``inference(data)``: a lazy RDD (or DataFrame) whose tasks each feed one partition to one
 worker and yield the results in row order.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from rdma import comm as rdma_comm
 from rdma import peer
@@ -26,7 +29,7 @@ from tfos.core import feed_messages as fm
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig
 from tfos.core.errors import ClusterFailed, ConfigError, FeedJobFailed
-from tfos.core.feed_plan import plan_epoch
+from tfos.core.feed_plan import EpochLedger
 from tfos.driver import spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.feed_jobs import is_dataframe
@@ -36,6 +39,18 @@ from tfos.executor.feed_task import FeedSpec, NodeEndpoint
 NOTE_EPOCHS_OVER = 1.0
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochFed:
+    """One epoch ``train()`` fed: ``per_worker`` records to every worker, ``dropped`` left out
+    to keep them equal (at most ``tfos.core.feed_plan.BALANCE_ROWS`` per worker: fewer than
+    there are workers)."""
+    feed: str
+    epoch: int
+    per_worker: int
+    dropped: int
+    seconds: float
 
 
 class Feeder:
@@ -59,9 +74,8 @@ class Feeder:
         # One marker exchange (send, then its reply) at a time per driver: train() may be
         # called from several threads (a streaming query's foreachBatch and the notebook).
         self._marker_lock = threading.Lock()
-        # Row counts of cached datasets already fed, by object identity (the object is kept
-        # with them, so its id cannot be reused): a second train() on them skips the count.
-        self._counts: dict[int, tuple[object, list[int]]] = {}
+        # (feed, epoch) -> the ledger of the epoch being fed: which worker takes which rows.
+        self._ledgers: dict[tuple[str, int], EpochLedger] = {}
         # (feed, epoch) -> the first bad-data report of that epoch's feed job.
         self._rejected: dict[tuple[str, int], m.FeedDataRejected] = {}
         self.terminated = threading.Event()
@@ -72,6 +86,7 @@ class Feeder:
         # (_run_job). A feed task that finds bad data stops its job at once.
         state.on_feed_terminated = lambda node_id, feed: self.cancel()
         state.on_feed_data_rejected = self._data_rejected
+        state.on_feed_lease = self._lease
 
     # -- endpoints ----------------------------------------------------------------------------
     def workers(self) -> list[int]:
@@ -106,6 +121,11 @@ class Feeder:
 
     def _mark(self, node_id: int, endpoint: NodeEndpoint, marker) -> bool:
         """Sends one marker; False when the node is gone because the nodes stopped consuming."""
+        return self._exchange(node_id, endpoint, marker) is not None
+
+    def _exchange(self, node_id: int, endpoint: NodeEndpoint, marker):
+        """Sends one marker and returns the node's answer; None when the node is gone because
+        the nodes stopped consuming."""
         what = type(marker).__name__
         try:
             with self._marker_lock:
@@ -114,30 +134,26 @@ class Feeder:
                 reply, _ = feed_codec.decode(conn.recv(timeout=60), fm.TO_DRIVER, "node answer")
         except rdma_comm.CommError as exc:
             if self._stopped_consuming():
-                return False
+                return None
             raise FeedJobFailed(f"cannot send the {what} marker to node {endpoint.label}: "
                                 f"{exc}") from None
         if isinstance(reply, fm.Error):
             raise FeedJobFailed(f"node {endpoint.label} refused the {what} marker: "
                                 f"{reply.message}")
-        return True
+        return reply
 
     # -- train --------------------------------------------------------------------------------
-    def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> None:
+    def train(self, data, num_epochs: int, feed_timeout: float, qname: str) -> list[EpochFed]:
+        """Feeds ``num_epochs`` epochs of ``data``; returns what each fed epoch gave every
+        worker (fewer epochs when the nodes stopped consuming first)."""
         if not isinstance(num_epochs, int) or num_epochs < 1:
             raise ConfigError(f"num_epochs={num_epochs!r}: pass the number of epochs to feed, 1 "
                               "or more (TensorFlowOnSpark read 0 as 10; tfos feeds exactly what "
                               "is asked)")
         endpoints = self.endpoints(feed_timeout)
         arrow = is_dataframe(data)
-        counts = self._partition_counts(data)
         ids = self.workers()
-        if sum(counts) < len(ids):
-            raise ConfigError(
-                f"train() got {sum(counts)} rows in {len(counts)} partitions for {len(ids)} "
-                "workers: every worker must get the same number of rows, so nothing would be "
-                "fed. Check the data (a filter that removed everything?); in a streaming "
-                "foreachBatch, skip empty micro-batches (if batch_df.isEmpty(): return)")
+        fed: list[EpochFed] = []
         for _ in range(num_epochs):
             self._raise_if_failed()
             if self.terminated.is_set() or self.state.stop_requested:
@@ -147,11 +163,9 @@ class Feeder:
             with self._lock:
                 epoch = self._epochs.get(qname, 0)
                 self._epochs[qname] = epoch + 1
-            plan = plan_epoch(counts, len(ids), epoch)
             try:
-                if not self._feed_epoch(data, qname, epoch, plan, ids, endpoints, feed_timeout,
-                                        arrow):
-                    break
+                outcome = self._feed_epoch(data, qname, epoch, ids, endpoints, feed_timeout,
+                                           arrow)
             except KeyboardInterrupt:
                 # Ctrl-C (the feed job is cancelled by then): each worker's epoch ends with what
                 # it received, so the nodes wait for nothing and the next train() goes on.
@@ -159,13 +173,22 @@ class Feeder:
                                "received; the TF cluster keeps running", qname, epoch)
                 self._cut(qname, epoch, ids, endpoints)
                 raise
+            if outcome is None:
+                break
+            fed.append(outcome)
+            if outcome.per_worker == 0:
+                raise ConfigError(
+                    f"train() fed {outcome.dropped} rows to {len(ids)} workers: every worker "
+                    "must get the same number of rows, so the epoch was empty. Check the data "
+                    "(a filter that removed everything?); in a streaming foreachBatch, skip "
+                    "empty micro-batches (if batch_df.isEmpty(): return)")
         self._raise_if_failed()
+        return fed
 
-    def _feed_epoch(self, data, qname: str, epoch: int, plan, ids: list[int], endpoints,
-                    feed_timeout: float, arrow: bool) -> bool:
-        """Announces and feeds one epoch; False when the nodes stopped consuming first."""
-        start = fm.EpochStart(qname, epoch, plan.per_worker)
-        marked = [self._mark(node_id, endpoint, start)
+    def _feed_epoch(self, data, qname: str, epoch: int, ids: list[int], endpoints,
+                    feed_timeout: float, arrow: bool) -> EpochFed | None:
+        """Announces, feeds and ends one epoch; None when the nodes stopped consuming first."""
+        marked = [self._mark(node_id, endpoint, fm.EpochStart(qname, epoch))
                   for node_id, endpoint in zip(ids, endpoints)]
         if not all(marked):
             if not self._fed_any:
@@ -176,25 +199,80 @@ class Feeder:
                     "map_fun must read its feed (ctx.get_data_feed(...)) until should_stop()")
             logger.info("feed %r: a fed node returned from map_fun; not feeding epoch %d",
                         qname, epoch)
-            return False
-        logger.info("feed %r epoch %d: %d records per worker, %d left out", qname, epoch,
-                    plan.per_worker, plan.dropped)
-        spec = self._spec(qname, epoch, endpoints, plan, feed_timeout, arrow)
+            return None
+        spec = self._spec(qname, epoch, endpoints, feed_timeout, arrow, training=True)
         self._fed_any = True
         started = time.monotonic()
+        with self._lock:
+            self._ledgers[(qname, epoch)] = EpochLedger(len(ids))
         try:
             self._run_job(data, spec, f"feed {qname!r} epoch {epoch}")
         except FeedJobFailed:
             self._cut(qname, epoch, ids, endpoints)
             raise
-        seconds = time.monotonic() - started
-        if seconds >= NOTE_EPOCHS_OVER:   # long work says how far it has come
-            left_out = f", {plan.dropped:,} left out" if plan.dropped else ""
+        finally:
+            with self._lock:
+                self._ledgers.pop((qname, epoch), None)
+        if self.terminated.is_set() or self.state.stop_requested:
+            self._cut(qname, epoch, ids, endpoints)   # whoever still reads gets what came
+            return None
+        outcome = self._end_epoch(qname, epoch, ids, endpoints, time.monotonic() - started)
+        if outcome is not None:
+            self._report(outcome, len(ids))
+        return outcome
+
+    def _end_epoch(self, qname: str, epoch: int, ids: list[int], endpoints,
+                   seconds: float) -> EpochFed | None:
+        """Every worker keeps the smallest count any received (the rows above it are dropped);
+        None when the nodes stopped consuming meanwhile."""
+        counts = []
+        for node_id, endpoint in zip(ids, endpoints):
+            count = self._exchange(node_id, endpoint, fm.EpochQuery(qname, epoch))
+            if count is None:
+                return None
+            counts.append(count)
+        per_worker = min(c.received for c in counts)
+        over = [(endpoint.label, c.taken) for endpoint, c in zip(endpoints, counts)
+                if c.taken > per_worker]
+        if over:
+            label, taken = over[0]
+            self._cut(qname, epoch, ids, endpoints)
+            raise FeedJobFailed(
+                f"feed {qname!r} epoch {epoch}: node {label} already read {taken} records, but "
+                f"another worker received only {per_worker}: a retried feed task sent fewer "
+                "rows than its first attempt, so the data changed between reads. Feed "
+                "deterministic data (cache it, or fix the seed of any sampling)")
+        for node_id, endpoint in zip(ids, endpoints):
+            if not self._mark(node_id, endpoint, fm.EpochEnd(qname, epoch, per_worker)):
+                return None
+        dropped = sum(c.received for c in counts) - per_worker * len(ids)
+        return EpochFed(qname, epoch, per_worker, dropped, seconds)
+
+    def _report(self, fed: EpochFed, workers: int) -> None:
+        """The log always, the driver's stream when the epoch took long: what every worker got
+        and what was left out to keep them equal."""
+        logger.info("feed %r epoch %d: %d records per worker, %d left out", fed.feed,
+                    fed.epoch, fed.per_worker, fed.dropped)
+        if fed.seconds >= NOTE_EPOCHS_OVER:   # long work says how far it has come
+            left_out = f", {fed.dropped:,} left out to keep them equal" if fed.dropped else ""
             self.state.output.note(
-                f"fed {qname!r} epoch {epoch}: {plan.per_worker:,} records to each of "
-                f"{len(ids)} workers{left_out} in {seconds:.1f} s "
-                f"({plan.per_worker * len(ids) / seconds:,.0f} records/s)")
-        return True
+                f"fed {fed.feed!r} epoch {fed.epoch}: {fed.per_worker:,} records to each of "
+                f"{workers} workers{left_out} in {fed.seconds:.1f} s "
+                f"({fed.per_worker * workers / fed.seconds:,.0f} records/s)")
+
+    def _lease(self, msg: m.FeedLease) -> m.FeedGrant:
+        """A feed task's question: which workers take its next rows."""
+        with self._lock:
+            ledger = self._ledgers.get((msg.feed, msg.epoch))
+        if ledger is None:
+            return m.FeedGrant(error=f"feed {msg.feed!r} epoch {msg.epoch} is not being fed "
+                                     "now (it ended, failed or was cancelled)")
+        try:
+            grant = ledger.grant(msg.partition, msg.offset, msg.rows)
+        except ConfigError as exc:
+            return m.FeedGrant(error=str(exc))
+        return m.FeedGrant([w for w, _ in grant.pieces], [n for _, n in grant.pieces],
+                           grant.floor)
 
     def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:
         """After a failed feed job: each worker's epoch ends with what it received, so the
@@ -206,20 +284,11 @@ class Feeder:
                 logger.info("could not cut epoch %d of feed %r on %s: %s", epoch, qname,
                             endpoint.label, exc)
 
-    def _spec(self, qname: str, epoch: int, endpoints, plan, feed_timeout: float,
-              arrow: bool) -> FeedSpec:
-        return FeedSpec(qname, epoch, endpoints, self._secret, plan, timeout=feed_timeout,
+    def _spec(self, qname: str, epoch: int, endpoints, feed_timeout: float, arrow: bool,
+              training: bool) -> FeedSpec:
+        return FeedSpec(qname, epoch, endpoints, self._secret, training, timeout=feed_timeout,
                         arrow=arrow, buffer_bytes=self.config.feed_buffer_bytes,
                         driver_address=self._driver_address)
-
-    def _partition_counts(self, data) -> list[int]:
-        known = self._counts.get(id(data))
-        if known is not None and known[0] is data:
-            return known[1]
-        counts = self.jobs.count(data)
-        if data.is_cached:
-            self._counts[id(data)] = (data, counts)
-        return counts
 
     def _raise_if_failed(self) -> None:
         failures = self.state.failures
@@ -305,5 +374,5 @@ class Feeder:
             raise ConfigError("inference on a DataFrame needs output_schema (the result "
                               "columns, e.g. 'prediction float'): they are added next to "
                               "the input columns")
-        spec = self._spec(qname, 0, endpoints, None, feed_timeout, is_dataframe(data))
+        spec = self._spec(qname, 0, endpoints, feed_timeout, is_dataframe(data), training=False)
         return self.jobs.inference(data, spec, output_schema)

@@ -61,6 +61,9 @@ class ControlClient:
     def node_fate(self, msg: m.NodeFateQuery) -> m.NodeFate:
         return self.call("NodeFate", msg)
 
+    def feed_lease(self, msg: m.FeedLease) -> m.FeedGrant:
+        return self.call("FeedLease", msg)
+
     def close(self) -> None:
         self._channel.close()
 

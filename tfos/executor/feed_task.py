@@ -1,11 +1,11 @@
 """Feed tasks: one Spark task per partition streams its rows into TF nodes (executor side).
 
 The feed jobs of ``tfos.driver.feed_jobs`` run the thin closures at the end of this module
-(``train_rows``, ``train_arrow``, ``infer_rows``, ``infer_arrow``, ``count_rows``); tests call
-the functions they wrap directly with a list. Training: the partition's rows are cut by the
-epoch plan into ranges, each range goes to its worker in chunks of columns. Inference: the
-whole partition goes to one worker and the results come back on the same connection, in row
-order. ``rdma.peer`` picks the transport: shared memory for a node on this host, TCP otherwise.
+(``train_rows``, ``train_arrow``, ``infer_rows``, ``infer_arrow``); tests call the functions
+they wrap directly with a list. Training: the partition is read once, in chunks of columns;
+the driver's ledger says which worker takes each chunk (or which pieces of it, to keep the
+workers level: ``tfos.core.feed_plan``). Inference: the whole partition goes to one worker and
+the results come back on the same connection, in row order. ``rdma.peer`` picks the transport: shared memory for a node on this host, TCP otherwise.
 
 A row that cannot be fed (``FeedDataError``) is reported to the driver's control service
 before the task fails, so ``train()`` knows the data is at fault without reading Spark's error
@@ -30,7 +30,6 @@ from tfos.core import feed_messages as fm
 from tfos.core import messages as m
 from tfos.core.config import DEFAULT_FEED_BUFFER_BYTES, feed_sizes
 from tfos.core.errors import DriverUnreachable, FeedDataError, FeedFailed
-from tfos.core.feed_plan import EpochPlan
 from tfos.core.feed_rows import arrow_to_columns, rows_to_columns
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class FeedSpec:
     epoch: int
     workers: tuple[NodeEndpoint, ...]    # indexed by worker number in the plan
     secret: bytes
-    plan: EpochPlan | None = None        # None: inference
+    training: bool = False               # False: inference
     chunk_rows: int = 1024               # at most this many rows per message
     timeout: float = 600.0
     arrow: bool = False                  # rows are Arrow record batches (DataFrame input)
@@ -90,7 +89,7 @@ class _Connection:
         self._buffer_bytes = spec.buffer_bytes
 
     def send(self, columns: dict[str, np.ndarray], rows: int, partition: int,
-             first_row: int) -> None:
+             first_row: int, floor: int | None = None) -> None:
         nbytes = sum(c.nbytes for c in columns.values())
         if nbytes > self._buffer_bytes:
             what = f"row {first_row}" if rows == 1 else f"rows {first_row}-{first_row + rows - 1}"
@@ -100,7 +99,7 @@ class _Connection:
                                 "(TFCluster.run(..., feed_buffer_bytes=...)) or feed smaller "
                                 "records")
         try:
-            self.comm.send(feed_codec.encode(fm.Batch(rows, first_row), columns))
+            self.comm.send(feed_codec.encode(fm.Batch(rows, first_row, floor), columns))
         except rdma_comm.CommError as exc:
             raise self.lost(self._why(f"stopped taking data ({exc})")) from None
         self.sent += rows
@@ -146,51 +145,87 @@ class _ChunkSizer:
 
 
 def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> int:
-    """Sends this partition's planned ranges of one epoch; returns the number of rows sent."""
-    ranges = sorted(spec.plan.for_partition(partition), key=lambda r: r.start)
+    """Sends this partition's rows for one epoch where the driver's ledger says; returns the
+    number of rows sent (all of them: the partition is read once, to its end)."""
     source = _row_source(spec, partition, rows)
-    if not ranges:
-        source.drain()
-        return 0
     connections: dict[int, _Connection] = {}
+    leases = _Leases(spec, partition)
     try:
-        sent = _send_ranges(spec, partition, ranges, source, connections)
+        sent = _send_chunks(spec, partition, source, connections, leases)
     except BaseException:
         for conn in connections.values():   # the node sees the end at once, not at GC
             conn.comm.close()
         raise
-    # Read the partition to its end even past the planned rows: a Python worker that left
-    # input unread cannot be reused, and starting a new one costs more than the reading.
-    source.drain()
+    finally:
+        leases.close()
     return sent
 
 
-def _send_ranges(spec: FeedSpec, partition: int, ranges, source, connections) -> int:
+def _send_chunks(spec: FeedSpec, partition: int, source, connections, leases) -> int:
     position = 0
-    sent = 0
     sizer = _ChunkSizer(spec)
-    for row_range in ranges:
-        source.skip(row_range.start - position)
-        position = row_range.start
-        conn = connections.get(row_range.worker)
-        if conn is None:
-            conn = connections[row_range.worker] = _Connection(spec, row_range.worker,
-                                                                  fm.FeedMode.TRAIN, partition)
-        remaining = len(row_range)
-        while remaining:
-            columns, n = source.take(min(remaining, sizer.rows))
-            sizer.update(columns, n)
-            if n == 0:
-                raise FeedFailed(f"partition {partition} ended at row {position}, before the "
-                                 f"{row_range.stop} rows it had when counted: feed deterministic "
-                                 "data (cache it, or fix the seed of any sampling)")
-            conn.send(columns, n, partition, position)
-            remaining -= n
-            position += n
-            sent += n
+    while True:
+        columns, n = source.take(sizer.rows)
+        if n == 0:
+            break
+        sizer.update(columns, n)
+        pieces, floor = leases.grant(position, n)
+        start = 0
+        for worker, count in pieces:
+            conn = connections.get(worker)
+            if conn is None:
+                conn = connections[worker] = _Connection(spec, worker, fm.FeedMode.TRAIN,
+                                                         partition)
+            piece = columns if count == n else {name: array[start:start + count]
+                                                for name, array in columns.items()}
+            conn.send(piece, count, partition, position + start, floor)
+            start += count
+        position += n
     for conn in connections.values():
         conn.finish()
-    return sent
+    return position
+
+
+class _Leases:
+    """Where a feed task's chunks go: the driver's ledger of the epoch decides (one call per
+    chunk); with a single worker everything goes to it without asking."""
+
+    def __init__(self, spec: FeedSpec, partition: int):
+        self._spec = spec
+        self._partition = partition
+        self._client = None
+
+    def grant(self, offset: int, rows: int) -> tuple[tuple[tuple[int, int], ...], int | None]:
+        """``((worker, rows), ...)`` for rows ``[offset, offset + rows)``, and the floor."""
+        spec = self._spec
+        if len(spec.workers) == 1:
+            return ((0, rows),), None
+        where = f"partition {self._partition}, rows {offset}-{offset + rows - 1}"
+        if self._client is None:
+            if spec.driver_address is None:
+                raise FeedFailed(f"{where}: feeding {len(spec.workers)} workers needs the "
+                                 "driver's control service, and the feed spec names none")
+            from tfos.executor.control_client import ControlClient
+            self._client = ControlClient(spec.driver_address, spec.secret,
+                                         timeout=min(spec.timeout, 60.0))
+        try:
+            grant = self._client.feed_lease(m.FeedLease(spec.feed, spec.epoch, self._partition,
+                                                        offset, rows))
+        except DriverUnreachable as exc:
+            raise FeedFailed(f"{where}: could not ask the driver which workers take them: "
+                             f"{exc}") from None
+        if grant.error:
+            raise FeedFailed(f"{where}: the driver gave no workers for them: {grant.error}")
+        pieces = tuple(zip(grant.workers, grant.rows))
+        if (sum(grant.rows) != rows or len(grant.workers) != len(grant.rows)
+                or not all(0 <= w < len(spec.workers) and n > 0 for w, n in pieces)):
+            raise FeedFailed(f"{where}: the driver's grant {pieces} does not cover them: the "
+                             "driver and this executor run different tfos versions")
+        return pieces, grant.floor
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 class _RowSource:
@@ -200,15 +235,6 @@ class _RowSource:
         self._rows = iter(rows)
         self._partition = partition
         self._index = 0
-
-    def skip(self, n: int) -> None:
-        for _ in itertools.islice(self._rows, n):
-            pass
-        self._index += n
-
-    def drain(self) -> None:
-        for _ in self._rows:
-            pass
 
     def take(self, n: int):
         chunk = list(itertools.islice(self._rows, n))
@@ -234,20 +260,6 @@ class _ArrowSource:
             if self._current is None:
                 return None
         return self._current
-
-    def skip(self, n: int) -> None:
-        while n:
-            batch = self._batch()
-            if batch is None:
-                return
-            step = min(n, batch.num_rows - self._offset)
-            self._offset += step
-            self._index += step
-            n -= step
-
-    def drain(self) -> None:
-        for _ in self._batches:
-            pass
 
     def take(self, n: int):
         batch = self._batch()
@@ -371,11 +383,6 @@ def train_arrow(spec: FeedSpec, batches):
     import pyarrow as pa
     sent = _train(spec, _partition_id(), batches)
     yield pa.record_batch({"rows": pa.array([sent], pa.int64())})
-
-
-def count_rows(rows):
-    """``mapPartitions`` that counts a partition's rows."""
-    yield sum(1 for _ in rows)
 
 
 def infer_rows(spec: FeedSpec, partition: int, rows):

@@ -3,8 +3,13 @@
 Feeder connections put chunks (dicts of numpy columns, row axis first) tagged with their
 epoch; the node's ``DataFeed`` takes rows out in the batch sizes it wants. The buffer is
 bounded in bytes: ``put`` blocks while it is full, which stops the connection's reader, which
-stops the feeder (backpressure, never an unbounded queue). The driver announces each epoch's
-per-worker record count and the end of the data, so the consumer knows where an epoch ends even
+stops the feeder (backpressure, never an unbounded queue).
+
+An epoch's length is known only at its end (``tfos.core.feed_plan``: the data is read once):
+until the driver ends it (``end_epoch``, with the count every worker keeps), the reader gets
+the epoch's rows up to its *floor*, the count every worker is sure to reach, which arrives
+with the chunks; the few rows above it wait for the end, and those above the final count are
+dropped then. The driver also ends the data, so the consumer knows where an epoch ends even
 when this worker gets no record at all in it.
 """
 from __future__ import annotations
@@ -29,15 +34,23 @@ class Chunk:
     # Called with the results of this chunk's rows, in order (inference); None when training.
     reply: Callable[[dict[str, np.ndarray]], None] | None = None
     taken: int = 0
+    # Rows of this chunk's epoch every worker is sure to get (None: no limit, one worker).
+    floor: int | None = None
 
 
 @dataclass
 class _Epoch:
-    expected: int | None = None   # announced by the driver
+    expected: int | None = None   # announced by the driver (at the start, or at the end)
     received: int = 0
     consumed: int = 0
+    floor: float = 0              # rows the reader may take before the epoch's length is known
     cut: bool = False             # the driver's feed job failed: the epoch ends with what came
     chunks: collections.deque = field(default_factory=collections.deque)
+
+    @property
+    def readable(self) -> float:
+        """Rows of this epoch the reader may have taken by now."""
+        return self.expected if self.expected is not None else self.floor
 
 
 class FeedQueue:
@@ -58,6 +71,7 @@ class FeedQueue:
         self.announced = 0
         self._last_epoch: int | None = None   # set by end_of_data: the final epoch's number
         self._terminated = False
+        self._finished: dict[int, int] = {}   # length of each epoch the reader finished
 
     # -- producers (connection readers, driver markers) ---------------------------------
     def put(self, chunk: Chunk, timeout: float | None = None) -> None:
@@ -82,6 +96,7 @@ class FeedQueue:
             if epoch.cut:
                 return
             epoch.chunks.append(chunk)
+            epoch.floor = max(epoch.floor, float("inf") if chunk.floor is None else chunk.floor)
             epoch.received += chunk.rows
             self.ever_received += chunk.rows
             if not self._buffered:
@@ -89,11 +104,42 @@ class FeedQueue:
             self._buffered += chunk.nbytes
             self._cond.notify_all()
 
-    def announce_epoch(self, epoch: int, expected: int) -> None:
+    def announce_epoch(self, epoch: int, expected: int | None) -> None:
+        """Epoch ``epoch`` begins; ``expected``: its length, when known before it is fed."""
         with self._cond:
-            previous = self._epochs[epoch].expected or 0
-            self.announced += expected - previous
-            self._epochs[epoch].expected = expected
+            self._epochs[epoch]      # known from now on, even if no row comes
+            if expected is not None:
+                previous = self._epochs[epoch].expected or 0
+                self.announced += expected - previous
+                self._epochs[epoch].expected = expected
+            self._cond.notify_all()
+
+    def epoch_counts(self, number: int) -> tuple[int, int]:
+        """``(received, taken)``: rows of epoch ``number`` that arrived and that the reader
+        took; an epoch already over counts as its length."""
+        with self._cond:
+            if number < self._current:
+                return (self._finished.get(number, 0),) * 2
+            epoch = self._epochs[number]
+            return epoch.received, epoch.consumed
+
+    def end_epoch(self, number: int, length: int) -> None:
+        """Epoch ``number`` has ``length`` rows for this worker (as for every other): rows that
+        arrived above it are dropped. FeedError if the reader already took more (the data
+        changed while it was read, see ``Feeder``)."""
+        with self._cond:
+            if number < self._current:
+                return
+            epoch = self._epochs[number]
+            if epoch.consumed > length:
+                raise FeedError(f"feed {self.name!r} epoch {number}: the reader already took "
+                                f"{epoch.consumed} rows, more than the {length} every worker "
+                                "gets")
+            if epoch.received < length:
+                raise FeedError(f"feed {self.name!r} epoch {number}: {epoch.received} rows "
+                                f"arrived, fewer than the {length} the driver ends it with")
+            self.announced += length
+            epoch.expected = length
             self._cond.notify_all()
 
     def cut_epoch(self, number: int) -> None:
@@ -146,6 +192,10 @@ class FeedQueue:
         with self._cond:
             if not self._buffered or self._terminated:
                 return 0.0, 0
+            epoch = self._epochs.get(self._current)
+            if epoch is not None and epoch.consumed >= epoch.readable and (
+                    epoch.expected is None or not epoch.chunks):
+                return 0.0, 0     # what waits is held for the epoch's end: the reader is not late
             return time.monotonic() - self._waiting_since, self._buffered
 
     # -- the consumer ---------------------------------------------------------------------
@@ -192,16 +242,16 @@ class FeedQueue:
                 if epoch.expected is not None and epoch.consumed >= epoch.expected:
                     if within_epoch and pieces:
                         return pieces  # the epoch's last rows; the next call ends it
-                    del self._epochs[self._current]
-                    self._current += 1
+                    self._finish_epoch_locked()
                     if within_epoch:
                         return []
                     continue
-                if epoch.chunks:
+                if epoch.chunks and epoch.consumed < epoch.readable:
                     self._waiting_since = time.monotonic()
                     self.ever_taken = True
                     chunk = epoch.chunks[0]
-                    n = min(wanted, chunk.rows - chunk.taken)
+                    n = int(min(wanted, chunk.rows - chunk.taken,
+                                epoch.readable - epoch.consumed))
                     pieces.append((chunk, chunk.taken, chunk.taken + n))
                     chunk.taken += n
                     epoch.consumed += n
@@ -221,3 +271,14 @@ class FeedQueue:
                                     "records received)")
                 self._cond.wait(remaining)
         return pieces
+
+    def _finish_epoch_locked(self) -> None:
+        """The reader is past the current epoch: rows that arrived above its length go."""
+        epoch = self._epochs.pop(self._current)
+        for chunk in epoch.chunks:
+            self._buffered -= chunk.nbytes
+        if epoch.chunks:
+            self._cond.notify_all()
+        self._finished[self._current] = epoch.consumed
+        self._finished.pop(self._current - 8, None)    # the driver asks only about recent ones
+        self._current += 1

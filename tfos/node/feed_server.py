@@ -161,15 +161,21 @@ class FeedServer:
 
     # -- the driver's markers -------------------------------------------------------------------
     def _serve_driver(self, conn) -> None:
-        handlers = {fm.EpochStart: self._on_epoch_start, fm.EpochCut: self._on_epoch_cut,
+        handlers = {fm.EpochStart: self._on_epoch_start, fm.EpochQuery: self._on_epoch_query,
+                    fm.EpochEnd: self._on_epoch_end, fm.EpochCut: self._on_epoch_cut,
                     fm.EndAll: self._on_end_all}
         while True:
             marker, _ = self._recv(conn, fm.FROM_DRIVER, "driver message")
-            handlers[type(marker)](marker)
-            conn.send(feed_codec.encode(fm.Ok()))
+            conn.send(feed_codec.encode(handlers[type(marker)](marker) or fm.Ok()))
 
     def _on_epoch_start(self, marker: fm.EpochStart) -> None:
         self.queue(marker.feed).announce_epoch(marker.epoch, marker.per_worker)
+
+    def _on_epoch_query(self, marker: fm.EpochQuery) -> fm.EpochCount:
+        return fm.EpochCount(*self.queue(marker.feed).epoch_counts(marker.epoch))
+
+    def _on_epoch_end(self, marker: fm.EpochEnd) -> None:
+        self.queue(marker.feed).end_epoch(marker.epoch, marker.per_worker)
 
     def _on_epoch_cut(self, marker: fm.EpochCut) -> None:
         self.queue(marker.feed).cut_epoch(marker.epoch)
@@ -222,7 +228,8 @@ class FeedServer:
             rows -= skip
         # The message's memory is reused by the next recv: the queue keeps a copy.
         owned = {name: array.copy() for name, array in columns.items()}
-        return Chunk(owned, rows, hello.epoch, sum(a.nbytes for a in owned.values()), reply)
+        return Chunk(owned, rows, hello.epoch, sum(a.nbytes for a in owned.values()), reply,
+                     floor=batch.floor)
 
     def _check_shapes(self, feed: str, columns: dict, partition: int | None, offset) -> None:
         """Every row of a feed has the same columns and per-row shapes (a chunk is uniform, so
