@@ -110,6 +110,12 @@ mkdir -p "$root/tmp/tfos-ami"
 cp -a "$repo/ami/." "$root/tmp/tfos-ami/"
 cp "$src" "$root/tmp/tfos-src.tar.gz"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# pip in the root trusts what this machine's pip trusts (a build host behind a TLS-inspecting
+# proxy has that proxy's CA in its bundle, not in Debian's), and uses the same index.
+pip_env=(PIP_CERT=/tmp/tfos-pip-ca.crt)
+cp -L "${PIP_CERT:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}" "$root/tmp/tfos-pip-ca.crt"
+[ -z "${PIP_INDEX_URL:-}" ] || pip_env+=("PIP_INDEX_URL=$PIP_INDEX_URL")
+[ -z "${PIP_DEFAULT_TIMEOUT:-}" ] || pip_env+=("PIP_DEFAULT_TIMEOUT=$PIP_DEFAULT_TIMEOUT")
 # No service starts while packages install (there is no init in a chroot anyway).
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
@@ -117,9 +123,9 @@ start=$SECONDS
 log "running ami/provision.sh in the root (first time: several minutes)"
 chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root LANG=C.UTF-8 TFOS_VARIANT="$variant" TFOS_SOURCE=/tmp/tfos-src.tar.gz \
-  TFOS_AMI_DIR=/tmp/tfos-ami TFOS_PIP_CACHE_DIR=/root/.cache/pip \
+  TFOS_AMI_DIR=/tmp/tfos-ami TFOS_PIP_CACHE_DIR=/root/.cache/pip "${pip_env[@]}" \
   bash /tmp/tfos-ami/provision.sh || die "ami/provision.sh failed in $root (see above)"
-rm -rf "$root/usr/sbin/policy-rc.d" "$root/tmp/tfos-ami" "$root/tmp/tfos-src.tar.gz"
+rm -rf "$root/usr/sbin/policy-rc.d" "$root/tmp/tfos-ami" "$root/tmp/tfos-src.tar.gz" "$root/tmp/tfos-pip-ca.crt"
 unmount_all
 echo "$prov_key" >"$root.provisioned"
 echo "$src_key" >"$root.source"
