@@ -38,10 +38,12 @@ def test_control_messages_carry_no_columns():
 
 def test_every_feed_message_round_trips_and_decodes_only_as_what_the_reader_expects():
     samples = [fm.FeederHello("input", 2, fm.FeedMode.INFERENCE, None),
-               fm.FeederHello("q", 0, fm.FeedMode.TRAIN, 5), fm.Batch(3, 7), fm.End(9),
-               fm.DriverHello(), fm.EpochStart("input", 1, 40), fm.EpochCut("input", 1),
-               fm.EndAll({"input": 3, "other": -1}), fm.Done(), fm.Results(4), fm.Ok(),
-               fm.Error("why")]
+               fm.FeederHello("q", 0, fm.FeedMode.TRAIN, 5), fm.Batch(3, 7),
+               fm.Batch(3, 7, floor=120), fm.End(9), fm.DriverHello(),
+               fm.EpochStart("input", 1, 40), fm.EpochStart("input", 2),
+               fm.EpochQuery("input", 2), fm.EpochCount(130, 120), fm.EpochEnd("input", 2, 129),
+               fm.EpochCut("input", 1), fm.EndAll({"input": 3, "other": -1}), fm.Done(),
+               fm.Results(4), fm.Ok(), fm.Error("why")]
     assert {type(s) for s in samples} == set(fm.ALL)
     for sample in samples:
         assert feed_codec.decode(join(feed_codec.encode(sample)))[0] == sample
@@ -50,10 +52,12 @@ def test_every_feed_message_round_trips_and_decodes_only_as_what_the_reader_expe
 
 
 @pytest.mark.parametrize("header, match", [
-    ({"v": 2, "type": "Batch", "body": {"rows": 1}}, "protocol version 2 is not 1"),
-    ({"v": 1, "type": "Batch", "body": {"rows": -1}}, r"Batch\.rows must be a non-negative integer"),
-    ({"v": 1, "type": "Batch", "body": {"rows": 1, "secret": 1}}, "no fields"),
-    ({"v": 1, "type": "EndAll", "body": {"feeds": {"input": "3"}}}, r"EndAll\.feeds\['input'\] must be int"),
+    ({"v": 1, "type": "Batch", "body": {"rows": 1}}, "protocol version 1 is not 2"),
+    ({"v": 2, "type": "Batch", "body": {"rows": -1}}, r"Batch\.rows must be a non-negative integer"),
+    ({"v": 2, "type": "Batch", "body": {"rows": 1, "floor": -3}},
+     r"Batch\.floor must be a non-negative integer"),
+    ({"v": 2, "type": "Batch", "body": {"rows": 1, "secret": 1}}, "no fields"),
+    ({"v": 2, "type": "EndAll", "body": {"feeds": {"input": "3"}}}, r"EndAll\.feeds\['input'\] must be int"),
     ({"kind": "batch", "meta": {"rows": 1}}, "envelope"),
 ])
 def test_feed_headers_are_typed_and_versioned(header, match):

@@ -9,9 +9,9 @@ from tfos.core.errors import FeedError
 from tfos.node.feed_queue import Chunk, FeedQueue
 
 
-def chunk(epoch, rows, start=0, row_bytes=8):
+def chunk(epoch, rows, start=0, row_bytes=8, floor=None):
     values = np.arange(start, start + rows, dtype=np.int64)
-    return Chunk({"x": values}, rows, epoch, rows * row_bytes)
+    return Chunk({"x": values}, rows, epoch, rows * row_bytes, floor=floor)
 
 
 def rows_of(pieces):
@@ -124,3 +124,37 @@ def test_a_feed_cut_before_its_records_came_owes_the_reader_nothing():
     q.put(Chunk({"x": np.arange(3)}, 3, 1, 24))
     q.cut_epoch(1)                        # three arrived before the cut: they are owed
     assert q.unread
+
+
+def test_before_its_end_an_epoch_gives_only_the_rows_every_worker_is_sure_to_get():
+    q = FeedQueue("input", 1 << 20)
+    q.announce_epoch(0, None)                # its length is told at its end
+    q.put(chunk(0, 5, 0, floor=3))
+    assert rows_of(q.take(10, within_epoch=False)) == [0, 1, 2]     # rows 3, 4 are held
+    with pytest.raises(FeedError, match="no data arrived"):
+        q.take(10, within_epoch=True, timeout=0.05)
+    assert q.stalled_for() == (0.0, 0)      # held rows are not a reader that is late
+    q.put(chunk(0, 4, 5, floor=6))          # a later grant raised the floor
+    assert rows_of(q.take(10, within_epoch=False)) == [3, 4, 5]
+    assert q.epoch_counts(0) == (9, 6)
+    # A reader waiting for a full batch gets the rest once the epoch's length is known: every
+    # worker keeps 7, so rows 7 and 8 are dropped.
+    waiting = threading.Timer(0.1, q.end_epoch, args=(0, 7))
+    waiting.start()
+    assert rows_of(q.take(10, within_epoch=True, timeout=10)) == [6]
+    assert q.take(10, within_epoch=True) == []
+    assert q.epoch_counts(0) == (7, 7)       # over: its length
+    assert q.stalled_for() == (0.0, 0)       # the dropped rows left the buffer
+    q.put(chunk(1, 2, 100))                  # one worker: nothing is held
+    assert rows_of(q.take(10, within_epoch=False)) == [100, 101]
+
+
+def test_an_end_below_what_the_reader_took_or_above_what_arrived_is_refused():
+    q = FeedQueue("input", 1 << 20)
+    q.announce_epoch(0, None)
+    q.put(chunk(0, 5, 0, floor=4))
+    q.take(4, within_epoch=True)
+    with pytest.raises(FeedError, match="already took 4 rows, more than the 3 every worker"):
+        q.end_epoch(0, 3)
+    with pytest.raises(FeedError, match="5 rows arrived, fewer than the 6"):
+        q.end_epoch(0, 6)
