@@ -72,7 +72,7 @@ packages=(
   # tfos's compiled transport (rdma._core) is built by pip at install time.
   gcc libc6-dev python3-dev
   libibverbs1 ibverbs-providers ibverbs-utils rdma-core python3-pyverbs
-  ca-certificates curl iproute2 nftables procps e2fsprogs util-linux systemd
+  ca-certificates curl iproute2 netbase nftables procps e2fsprogs util-linux systemd
 )
 if [ "$variant" = gpu ]; then
   # The kernel module is built by DKMS against the running kernel's headers (the cloud kernel
@@ -87,6 +87,12 @@ java_home=/usr/lib/jvm/java-17-openjdk-$arch
 [ -x "$java_home/bin/java" ] || die "OpenJDK 17 installed, but $java_home/bin/java is missing"
 python3 -c "import sys; assert sys.version_info[:2] == (3, 11)" 2>/dev/null \
   || die "python3 is $(python3 --version 2>&1), the lock was made for Python $py_minor"
+
+# Spark's driver binds "localhost": a root without /etc/hosts (a minimal chroot; EC2's images
+# have one) would ask DNS for it.
+if ! grep -qsE '^127\.0\.0\.1[[:space:]].*\blocalhost\b' /etc/hosts; then
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >>/etc/hosts
+fi
 
 # -- the user the daemons run as -------------------------------------------------------------------
 if ! getent passwd spark >/dev/null; then

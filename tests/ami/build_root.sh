@@ -47,8 +47,11 @@ flock -w 1800 9 || die "another build holds $cache/.lock for over 30 minutes"
 
 suite=bookworm
 mirror=http://deb.debian.org/debian
-base_opts=(--variant=minbase --include=ca-certificates --components=main "$suite")
-base_key=$(printf '%s\n' "${base_opts[@]}" "$mirror" | sha256sum | cut -c1-16)
+# The suites Debian's cloud images use: the release, its updates and its security updates.
+sources=("deb $mirror $suite main" "deb $mirror $suite-updates main"
+         "deb http://deb.debian.org/debian-security $suite-security main")
+base_opts=(--variant=minbase --include=ca-certificates "$suite")
+base_key=$(printf '%s\n' "${base_opts[@]}" "${sources[@]}" | sha256sum | cut -c1-16)
 base_tar=$cache/base-$base_key.tar
 prov_key=$( (cd "$repo/ami" && find provision.sh constraints.txt files -type f -print0 | sort -z \
   | xargs -0 sha256sum; echo "$base_key $variant") | sha256sum | cut -c1-16)
@@ -57,7 +60,7 @@ prov_key=$( (cd "$repo/ami" && find provision.sh constraints.txt files -type f -
 if [ ! -f "$base_tar" ]; then
   log "building the Debian 12 base with mmdebstrap ($mirror)"
   rm -rf "$base_tar.tmp"
-  mmdebstrap --quiet --format=tar "${base_opts[@]}" "$base_tar.tmp" "$mirror" \
+  mmdebstrap --quiet --format=tar "${base_opts[@]}" "$base_tar.tmp" "${sources[@]}" \
     || die "mmdebstrap failed (see above): is $mirror reachable?"
   mv -f "$base_tar.tmp" "$base_tar"
 fi

@@ -119,10 +119,21 @@ class Runner:
                 *(f"{k}={v}" for k, v in env.items()), *args]
 
     def limits(self, unit: ami_units.Unit):
+        """The unit's Limit*= as the child's rlimits. systemd (with CAP_SYS_RESOURCE) raises
+        them at will; where this runner may not (a container without that capability), a
+        limit stops at the hard limit it has, and result.json says so."""
+        wanted = {}
+        for name, value in unit.limits.items():
+            limit = resource.RLIM_INFINITY if value is None else value
+            _, hard = resource.getrlimit(getattr(resource, name))
+            if hard != resource.RLIM_INFINITY and (limit == resource.RLIM_INFINITY or limit > hard):
+                self.result.setdefault("limits_capped", {})[f"{unit.name} {name}"] = hard
+                limit = hard
+            wanted[getattr(resource, name)] = limit
+
         def apply():
-            for name, value in unit.limits.items():
-                limit = resource.RLIM_INFINITY if value is None else value
-                resource.setrlimit(getattr(resource, name), (limit, limit))
+            for rlimit, limit in wanted.items():
+                resource.setrlimit(rlimit, (limit, limit))
         return apply
 
     def log(self, unit_name: str):
@@ -299,7 +310,8 @@ def main(argv: list[str]) -> int:
         uid, gid, home = root.account("spark")
         root.mount(home, "-t", "tmpfs", "-o", f"mode=0755,uid={uid},gid={gid}", "tmpfs")
         runner.run()
-    except (StepFailed, ami_units.UnitError, subprocess.CalledProcessError, OSError) as exc:
+    except (StepFailed, ami_units.UnitError, subprocess.SubprocessError, OSError, ValueError,
+            KeyError) as exc:
         runner.result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         runner.stop_daemons(grace=15)
