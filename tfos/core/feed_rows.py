@@ -3,9 +3,12 @@
 An RDD's rows may be tuples, lists, dicts, ``pyspark.sql.Row``s, numpy arrays or scalars; all
 rows of a partition must have the same structure. Each field becomes one numpy column (row
 axis first). A DataFrame arrives as Arrow record batches (``mapInArrow``): primitive columns
-map to numpy without copying, list columns of equal length become 2-D arrays. Anything that
-cannot become a plain numeric/bool/string column (ragged rows, ``None``, nested objects)
-raises a FeedDataError naming the partition, the row and the column.
+map to numpy without copying, list columns of equal length become 2-D arrays (a view of the
+list's values), and Spark ML vector columns (``VectorUDT``, dense or sparse rows) become 2-D
+float64 arrays of ``(rows, size)``, built with whole-column numpy operations (no work per
+row). Anything that cannot become a plain numeric/bool/string column (ragged rows, ``None``,
+nested objects, vectors of different sizes) raises a FeedDataError naming the partition, the
+row and the column.
 """
 from __future__ import annotations
 
@@ -129,7 +132,8 @@ def _short(value) -> str:
 
 
 def arrow_to_columns(batch, partition: int, first_row: int = 0) -> dict[str, np.ndarray]:
-    """Columns of a ``pyarrow.RecordBatch``: no copy for primitive and fixed-size list columns."""
+    """Columns of a ``pyarrow.RecordBatch``: no copy for primitive columns and for list columns
+    of equal length; Spark ML vectors as ``(rows, size)`` float64 arrays."""
     import pyarrow as pa
     columns = {}
     for name, column in zip(batch.schema.names, batch.columns):
@@ -144,6 +148,8 @@ def arrow_to_columns(batch, partition: int, first_row: int = 0) -> dict[str, np.
             columns[name] = values.reshape(len(column), width)
         elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
             columns[name] = _list_column(column, name, partition, first_row)
+        elif _is_vector(column.type):
+            columns[name] = _vector_column(column, name, partition, first_row)
         elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             columns[name] = np.asarray(column.to_pylist(), dtype=str)
         else:
@@ -162,6 +168,96 @@ def _list_column(column, name: str, partition: int, first_row: int) -> np.ndarra
     values = _flat_values(column.flatten(), name, partition)
     width = int(lengths[0]) if len(lengths) else 0
     return values.reshape(len(column), width)
+
+
+# How Spark (3.x, 4.x) hands a pyspark.ml.linalg.VectorUDT column to mapInArrow: its SQL
+# struct, one row per vector. Dense rows: type 1, size and indices null, values all the
+# vector's values. Sparse rows: type 0, size, and indices/values of the non-zero entries.
+_VECTOR_FIELDS = ("type", "size", "indices", "values")
+_DENSE, _SPARSE = 1, 0
+
+
+def _is_vector(arrow_type) -> bool:
+    import pyarrow as pa
+    if not pa.types.is_struct(arrow_type) or arrow_type.num_fields != len(_VECTOR_FIELDS):
+        return False
+    fields = [arrow_type.field(i) for i in range(arrow_type.num_fields)]
+    return ([f.name for f in fields] == list(_VECTOR_FIELDS)
+            and pa.types.is_integer(fields[0].type) and pa.types.is_integer(fields[1].type)
+            and pa.types.is_list(fields[2].type) and pa.types.is_list(fields[3].type))
+
+
+def _vector_column(column, name: str, partition: int, first_row: int) -> np.ndarray:
+    """A VectorUDT column as a ``(rows, size)`` array: a view of the ``values`` when all rows
+    are dense, else zeros filled by one scatter of every row's entries."""
+    import pyarrow.compute as pc
+    kinds = column.field("type").to_numpy(zero_copy_only=False)
+    values = column.field("values")
+    lengths = np.diff(values.offsets.to_numpy())
+    flat = _flat_values(values.flatten(), name, partition)
+    dense = kinds == _DENSE
+    odd = ~dense & (kinds != _SPARSE)
+    if odd.any():
+        bad = int(np.argmax(odd))
+        raise FeedDataError(f"{_at(partition, first_row + bad, name)}: vector type "
+                            f"{int(kinds[bad])} is neither sparse (0) nor dense (1); feed a "
+                            "pyspark.ml.linalg.VectorUDT column or an array column")
+    sizes = np.where(dense, lengths,
+                     pc.fill_null(column.field("size"), 0).to_numpy(zero_copy_only=False))
+    size = _common_size(sizes, name, partition, first_row)
+    if dense.all():
+        return flat.reshape(len(column), size)
+    where = (name, partition, first_row)
+    indices = _sparse_indices(column.field("indices"), dense, lengths, size, where)
+    return _scatter(flat, dense, lengths, indices, size)
+
+
+def _scatter(flat, dense, lengths, indices, size) -> np.ndarray:
+    """Dense rows copied whole, then every sparse entry set by one fancy-indexed assignment."""
+    out = np.zeros((len(dense), size), dtype=flat.dtype)
+    dense_values = np.repeat(dense, lengths)
+    out[dense] = flat[dense_values].reshape(int(dense.sum()), size)
+    sparse_rows = np.repeat(np.arange(len(dense)), lengths)[~dense_values]
+    out[sparse_rows, indices] = flat[~dense_values]
+    return out
+
+
+def _at(partition: int, row: int, name: str) -> str:
+    return f"partition {partition}, row {row}, column {name!r}"
+
+
+def _common_size(sizes: np.ndarray, name: str, partition: int, first_row: int) -> int:
+    if not len(sizes):
+        return 0
+    if (sizes != sizes[0]).any():
+        bad = int(np.argmax(sizes != sizes[0]))
+        raise FeedDataError(f"{_at(partition, first_row + bad, name)}: vector of size "
+                            f"{int(sizes[bad])} where the column's first row has size "
+                            f"{int(sizes[0])}; every vector of a column must have the same size "
+                            "(build the column from the same inputs, e.g. one VectorAssembler)")
+    return int(sizes[0])
+
+
+def _sparse_indices(indices, dense, lengths, size, where) -> np.ndarray:
+    """The sparse rows' indices, one per sparse value, in row order; checked against
+    ``size`` (a negative index would wrap around silently in numpy)."""
+    name, partition, first_row = where
+    index_lengths = np.diff(indices.offsets.to_numpy())
+    bad_count = ~dense & (index_lengths != lengths)
+    if bad_count.any():
+        bad = int(np.argmax(bad_count))
+        raise FeedDataError(f"{_at(partition, first_row + bad, name)}: sparse vector with "
+                            f"{int(index_lengths[bad])} indices but {int(lengths[bad])} values; "
+                            "build sparse vectors with pyspark.ml.linalg.Vectors.sparse")
+    flat = indices.flatten().to_numpy(zero_copy_only=False)     # skips the dense rows' nulls
+    outside = (flat < 0) | (flat >= size)
+    if outside.any():
+        first = int(np.argmax(outside))
+        row = first_row + int(np.repeat(np.flatnonzero(~dense), lengths[~dense])[first])
+        raise FeedDataError(f"{_at(partition, row, name)}: sparse vector index "
+                            f"{int(flat[first])} outside its size {size}; build sparse vectors "
+                            "with pyspark.ml.linalg.Vectors.sparse")
+    return flat
 
 
 def _flat_values(array, name: str, partition: int) -> np.ndarray:
