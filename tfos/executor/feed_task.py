@@ -165,11 +165,13 @@ def _send_chunks(spec: FeedSpec, partition: int, source, connections, leases) ->
     position = 0
     sizer = _ChunkSizer(spec)
     while True:
-        columns, n = source.take(sizer.rows)
+        raw, n = source.take_raw(sizer.rows)
         if n == 0:
             break
+        pending = leases.request(position, n)     # asked while the rows become columns
+        columns = source.columns(raw)
         sizer.update(columns, n)
-        pieces, floor = leases.grant(position, n)
+        pieces, floor = pending()
         start = 0
         for worker, count in pieces:
             conn = connections.get(worker)
@@ -195,11 +197,12 @@ class _Leases:
         self._partition = partition
         self._client = None
 
-    def grant(self, offset: int, rows: int) -> tuple[tuple[tuple[int, int], ...], int | None]:
-        """``((worker, rows), ...)`` for rows ``[offset, offset + rows)``, and the floor."""
+    def request(self, offset: int, rows: int):
+        """Asks where rows ``[offset, offset + rows)`` go, without waiting for the answer;
+        calling the result waits and gives ``((worker, rows), ...)`` and the floor."""
         spec = self._spec
         if len(spec.workers) == 1:
-            return ((0, rows),), None
+            return lambda: (((0, rows),), None)
         where = f"partition {self._partition}, rows {offset}-{offset + rows - 1}"
         if self._client is None:
             if spec.driver_address is None:
@@ -208,9 +211,14 @@ class _Leases:
             from tfos.executor.control_client import ControlClient
             self._client = ControlClient(spec.driver_address, spec.secret,
                                          timeout=min(spec.timeout, 60.0))
+        answer = self._client.call_later("FeedLease", m.FeedLease(
+            spec.feed, spec.epoch, self._partition, offset, rows))
+        return lambda: self._check(answer, where, rows)
+
+    def _check(self, answer, where: str, rows: int):
+        spec = self._spec
         try:
-            grant = self._client.feed_lease(m.FeedLease(spec.feed, spec.epoch, self._partition,
-                                                        offset, rows))
+            grant = answer()
         except DriverUnreachable as exc:
             raise FeedFailed(f"{where}: could not ask the driver which workers take them: "
                              f"{exc}") from None
@@ -237,10 +245,18 @@ class _RowSource:
         self._index = 0
 
     def take(self, n: int):
+        raw, count = self.take_raw(n)
+        return self.columns(raw), count
+
+    def take_raw(self, n: int):
+        """The next ``n`` rows (fewer at the end), not yet columns, and their count."""
         chunk = list(itertools.islice(self._rows, n))
+        return chunk, len(chunk)
+
+    def columns(self, chunk) -> dict:
         columns = rows_to_columns(chunk, self._partition, self._index) if chunk else {}
         self._index += len(chunk)
-        return columns, len(chunk)
+        return columns
 
 
 class _ArrowSource:
@@ -262,14 +278,25 @@ class _ArrowSource:
         return self._current
 
     def take(self, n: int):
+        raw, count = self.take_raw(n)
+        return self.columns(raw), count
+
+    def take_raw(self, n: int):
+        """The next ``n`` rows (fewer at the end of a batch), as an Arrow slice, and their
+        count."""
         batch = self._batch()
         if batch is None:
-            return {}, 0
+            return None, 0
         piece = batch.slice(self._offset, min(n, batch.num_rows - self._offset))
         self._offset += piece.num_rows
+        return piece, piece.num_rows
+
+    def columns(self, piece) -> dict:
+        if piece is None:
+            return {}
         columns = arrow_to_columns(piece, self._partition, self._index)
         self._index += piece.num_rows
-        return columns, piece.num_rows
+        return columns
 
 
 def _row_source(spec: FeedSpec, partition: int, rows: Iterable):
