@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from tfos import FeedDataError, FeedJobFailed
+from tfos import FeedDataError, FeedFailed, FeedJobFailed
 from tfos.core import messages as m
 from tfos.core.config import ClusterConfig, InputMode
 from tfos.core.feed_plan import BALANCE_ROWS
@@ -146,3 +146,16 @@ def test_missing_feed_endpoints_fail_with_the_nodes_named(control_plane):
     feeder = Feeder(plane.config, plane.state, plane.secret, plane.address, InProcessFeedJobs())
     with pytest.raises(FeedJobFailed, match=r"nodes worker:1@\? did not open their feed within"):
         feeder.train(Partitions([rows(0, 4)]), num_epochs=1, feed_timeout=0.2, qname="input")
+
+
+def test_a_feed_task_of_an_epoch_the_driver_is_not_feeding_gets_no_workers(fed_cluster):
+    feeder, _workers, _jobs = fed_cluster
+    endpoints = feeder.endpoints(10)
+    stale = feed_task.FeedSpec("input", 7, endpoints, feeder._secret, True,
+                               driver_address=feeder._driver_address)
+    with pytest.raises(FeedFailed, match=r"partition 2, rows 0-0: the driver gave no workers "
+                                         r"for them: feed 'input' epoch 7 is not being fed now"):
+        feed_task.feed_training_partition(stale, 2, rows(0, 3))
+    orphan = feed_task.FeedSpec("input", 0, endpoints, feeder._secret, True)
+    with pytest.raises(FeedFailed, match="feeding 2 workers needs the driver's control service"):
+        feed_task.feed_training_partition(orphan, 0, rows(0, 3))
