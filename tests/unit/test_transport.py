@@ -1,5 +1,7 @@
 """How a node's tensors travel (``tfos.executor.transport``) and the driver's ``--rdma``
 decisions (``tfos.driver.cluster.rdma_refusal``), over device trees made by the tests."""
+import pytest
+
 from rdma.devices import Gid, RdmaPort
 from tfos.core.config import ClusterConfig
 from tfos.driver.cluster import rdma_refusal
@@ -61,3 +63,25 @@ def test_a_cpu_trainer_under_rdma_that_never_used_collectives_fails(launch_recor
     assert rdma_unused(ctx(transport="grpc"), gpus=[]) is None
     assert rdma_unused(ctx(num_workers=1), gpus=[]) is None, "a lone worker exchanges nothing"
     assert rdma_unused(ctx(job_name="ps"), gpus=[]) is None
+
+
+def test_a_cpu_trainer_under_rdma_cannot_build_multiworker_mirrored_strategy(launch_record):
+    import tensorflow as tf
+
+    from tfos.core.errors import ConfigError
+    from tfos.node.context import NodeContext
+    from tfos.node.main import refuse_cpu_strategies
+
+    def ctx(**fields):
+        return NodeContext(launch_record(**{"num_workers": 2, "transport": "rdma", **fields}))
+    assert refuse_cpu_strategies(ctx(), gpus=["0"]) is None, "with GPUs NCCL has the RDMA port"
+    assert refuse_cpu_strategies(ctx(transport="grpc"), gpus=[]) is None
+    undo = refuse_cpu_strategies(ctx(), gpus=[])
+    try:
+        for strategy in (tf.distribute.MultiWorkerMirroredStrategy,
+                         tf.distribute.experimental.MultiWorkerMirroredStrategy):
+            with pytest.raises(ConfigError, match=r"no GPU, and MultiWorkerMirroredStrategy "
+                                                  r"all-reduces on CPUs over TensorFlow's gRPC"):
+                strategy()
+    finally:
+        undo()

@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from tfos.core import launch
-from tfos.core.errors import ProtocolError
+from tfos.core.errors import ConfigError, ProtocolError
 from tfos.core.runtime import die_with_parent
 from tfos.node.context import NodeContext
 
@@ -34,6 +34,7 @@ def main() -> int:
     # Pickled by the Spark driver and handed over by our own parent (see tfos.core.launch).
     map_fun, tf_args = pickle.loads(payload)
     try:
+        refuse_cpu_strategies(ctx, record.gpus)
         value = map_fun(tf_args, ctx)
     except SystemExit as exc:
         if exc.code not in (None, 0):
@@ -57,12 +58,42 @@ def main() -> int:
     return 0
 
 
+def _cpu_trainer_under_rdma(ctx, gpus: list[str] | None) -> bool:
+    """``--rdma`` on a trainer without GPUs that exchanges tensors with others: only
+    ``tfos.collective`` gives it an RDMA path (with GPUs, NCCL takes the RDMA port)."""
+    return (ctx.transport == "rdma" and ctx.num_workers >= 2
+            and ctx.job_name in ("chief", "master", "worker") and gpus is not None and not gpus)
+
+
+def refuse_cpu_strategies(ctx, gpus: list[str] | None):
+    """With ``--rdma`` on a trainer without GPUs, MultiWorkerMirroredStrategy fails as it is
+    built (its CPU all-reduce is gRPC over TCP), instead of training over TCP and failing at
+    the end. Returns a function that undoes it (None when nothing was done)."""
+    if not _cpu_trainer_under_rdma(ctx, gpus):
+        return None
+    from tensorflow.python.distribute import collective_all_reduce_strategy as strategies
+    extended = strategies.CollectiveAllReduceExtended   # under every MWMS variant
+    original = extended.__init__
+
+    def refused(self, *args, **kwargs):
+        raise ConfigError(
+            "rdma=True (--rdma), but this node has no GPU, and MultiWorkerMirroredStrategy "
+            "all-reduces on CPUs over TensorFlow's gRPC (TCP): it has no RDMA path. Train with "
+            "tfos.collective (hvd.init(ctx); DistributedOptimizer or DistributedGradientTape), "
+            "whose links between hosts use the RDMA device, or drop --rdma")
+
+    extended.__init__ = refused
+
+    def undo():
+        extended.__init__ = original
+    return undo
+
+
 def rdma_unused(ctx, gpus: list[str] | None) -> str | None:
     """With ``--rdma``, why a trainer without GPUs that never joined ``tfos.collective`` fails:
     its tensors went by TensorFlow's gRPC over TCP (on CPUs MultiWorkerMirroredStrategy has no
     RDMA path), which is not what was asked for. With GPUs, NCCL took the RDMA port."""
-    if ctx.transport != "rdma" or ctx.num_workers < 2 or ctx.job_name not in (
-            "chief", "master", "worker") or gpus is None or gpus:
+    if not _cpu_trainer_under_rdma(ctx, gpus):
         return None
     collective = sys.modules.get("tfos.collective")
     if collective is not None and collective.joined():
