@@ -121,9 +121,13 @@ if [ "$variant" = gpu ]; then
   # versions TensorFlow asks for; the driver above provides libcuda.
   extra=("tensorflow[and-cuda]")
 fi
+# pyspark (an sdist) and tfos are built with the locked setuptools and wheel, not with whatever
+# an isolated build environment would download.
+"$venv/bin/pip" install "${pip_opts[@]}" "${constraints[@]}" setuptools wheel
 # pip re-installs a project given by its path every time (its version does not change with each
 # commit); the locked packages already there are left as they are.
-"$venv/bin/pip" install "${pip_opts[@]}" "${constraints[@]}" "$prefix/src" scikit-learn "${extra[@]}"
+"$venv/bin/pip" install "${pip_opts[@]}" "${constraints[@]}" --no-build-isolation \
+  "$prefix/src" scikit-learn "${extra[@]}"
 rm -rf "$prefix/src/build" "$prefix/src/"*.egg-info
 "$venv/bin/pip" check || die "pip check found broken dependencies in $venv (see above)"
 "$venv/bin/python" - "$ami/constraints.txt" <<'PY' || die "the venv does not match ami/constraints.txt (see above)"
@@ -149,6 +153,23 @@ if wrong:
 PY
 "$venv/bin/python" -c "import rdma._core, tfos, pyspark" \
   || die "tfos does not import from $venv, or its compiled transport (rdma._core) did not build"
+"$venv/bin/python" - "$prefix/src" <<'PY' || die "the tfos in $venv is not the one in $source_tar"
+"""The installed tfos is this source's, file for file (not an earlier install left in place)."""
+import filecmp, importlib, os, sys
+
+src, stale = sys.argv[1], []
+for package in ("tfos", "rdma"):
+    installed = os.path.dirname(importlib.import_module(package).__file__)
+    for folder, _, files in os.walk(os.path.join(src, package)):
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            target = os.path.join(installed, os.path.relpath(path, os.path.join(src, package)))
+            if not os.path.exists(target) or not filecmp.cmp(path, target, shallow=False):
+                stale.append(os.path.relpath(path, src))
+if stale:
+    print("provision.sh: installed files differ from the source:", *stale[:10], file=sys.stderr)
+    sys.exit(1)
+PY
 
 # -- configuration, helpers, units ---------------------------------------------------------------
 log "installing the units, their helpers and Spark's configuration"

@@ -127,7 +127,7 @@ log "running ami/provision.sh in the root (first time: several minutes)"
 chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root LANG=C.UTF-8 TFOS_VARIANT="$variant" TFOS_SOURCE=/tmp/tfos-src.tar.gz \
   TFOS_AMI_DIR=/tmp/tfos-ami TFOS_PIP_CACHE_DIR=/root/.cache/pip "${pip_env[@]}" \
-  bash /tmp/tfos-ami/provision.sh || die "ami/provision.sh failed in $root (see above)"
+  bash /tmp/tfos-ami/provision.sh >&2 || die "ami/provision.sh failed in $root (see above)"
 rm -rf "$root/usr/sbin/policy-rc.d" "$root/tmp/tfos-ami" "$root/tmp/tfos-src.tar.gz" "$root/tmp/tfos-pip-ca.crt"
 unmount_all
 echo "$prov_key" >"$root.provisioned"

@@ -44,8 +44,9 @@ def image_root():
         pytest.fail(f"tests/ami/build_root.sh took over {BUILD_TIMEOUT} s", pytrace=False)
     if proc.returncode != 0:
         pytest.fail("tests/ami/build_root.sh failed (its output is above)", pytrace=False)
-    print(f"\n[ami] root ready in {time.monotonic() - start:.0f} s: {proc.stdout.strip()}")
-    return proc.stdout.strip().splitlines()[-1]
+    root = proc.stdout.strip().splitlines()[-1]
+    print(f"\n[ami] root ready in {time.monotonic() - start:.0f} s: {root}")
+    return root
 
 
 def tail(path, lines=25):
@@ -87,7 +88,8 @@ def chroot(root, *argv):
 
 # -- what provisioning installed ------------------------------------------------------------------
 def test_the_venv_is_the_lock(image_root):
-    proc = chroot(image_root, "/opt/tfos/venv/bin/pip", "freeze", "--disable-pip-version-check")
+    proc = chroot(image_root, "/opt/tfos/venv/bin/pip", "freeze", "--all",
+                  "--disable-pip-version-check")
     installed = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
                  for line in proc.stdout.splitlines() if "==" in line}
     with open(os.path.join(AMI, "constraints.txt")) as f:
