@@ -1009,6 +1009,7 @@ int tfos_engine_closed(tfos_engine *e) {
 
 void tfos_engine_destroy(tfos_engine *e) {
     const tfos_nic_ops *ops = e->nic->ops;
+    if (ops->quiesce) ops->quiesce(e->nic);     /* the peer lets go of our regions first */
     for (int i = 0; i < e->nregions; i++) ops->free_mr(e->nic, &e->regions[i]);
     if (e->has_landing) ops->free_mr(e->nic, &e->landing);
     ops->free_mr(e->nic, &e->stage);

@@ -367,6 +367,11 @@ static void counted_interrupt(tfos_nic *nic) {
     inner->ops->interrupt(inner);
 }
 
+static void counted_quiesce(tfos_nic *nic) {
+    tfos_nic *inner = ((counted_nic *)nic)->inner;
+    if (inner->ops->quiesce) inner->ops->quiesce(inner);
+}
+
 static void counted_destroy(tfos_nic *nic) {
     counted_nic *c = (counted_nic *)nic;
     c->inner->ops->destroy(c->inner);
@@ -382,6 +387,7 @@ static const tfos_nic_ops COUNTED_VERBS_OPS = {
     .poll = counted_poll,
     .interrupt = counted_interrupt,
     .destroy = counted_destroy,
+    .quiesce = counted_quiesce,
 };
 
 /* inner wrapped (NULL, inner destroyed, when out of memory). */

@@ -103,6 +103,11 @@ typedef struct {
      * is done before write() returns. A carrier that copies with the CPU (shm) says so, and
      * the engine sends the caller's memory without a staging copy; a device (verbs) cannot. */
     int any_source;
+    /* Optional (NULL: nothing to wait for). Called when the engine closes, before it frees its
+     * regions: tells the peer this end is going and waits, bounded, until the peer has let go
+     * of this end's memory, so writes it still has in flight land in registered memory and are
+     * acknowledged instead of failing (a device's queue pair outlives its regions otherwise). */
+    void (*quiesce)(tfos_nic *nic);
 } tfos_nic_ops;
 
 /* The pseudo-region of any_source writes: every address of this process. */

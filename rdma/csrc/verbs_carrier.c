@@ -127,6 +127,7 @@ typedef struct {
     uint32_t max_msg;
     int send_depth, recv_depth, spin_us;
     int boot_fd;                  /* our dup of the bootstrap socket, watched for hang-up */
+    int quiesced;                 /* verbs_quiesce ran: we hung up and the peer let go */
     int interrupt_fd;             /* interrupt(): poll() returns TFOS_NIC_ETIMEDOUT */
     int stash_fd;                 /* a blocked write() stashed completions poll() must see */
     int room_fd;                  /* poll() freed send slots a blocked write() waits for */
@@ -615,18 +616,43 @@ static void teardown(verbs_nic *n) {
     free(n);
 }
 
-/* Closing: the hang-up tells the peer's carrier; the queue pair then lives on until the peer
- * hangs up too (or LINGER_MS passes), so writes the peer still has in flight get their
- * acknowledgement instead of a retry-exceeded error, on a device as with the fake. */
-static void verbs_destroy(tfos_nic *nic) {
+/* Closing: the hang-up tells the peer's carrier; the queue pair and the engine's regions then
+ * live on until the peer hangs up too (or LINGER_MS passes), so writes the peer still has in
+ * flight land in registered memory and are acknowledged, instead of failing with a remote
+ * access error (regions gone) or retry-exceeded (queue pair gone), on a device as with the
+ * fake. The engine calls this before it frees its regions; destroy calls it again (a no-op). */
+static void verbs_quiesce(tfos_nic *nic) {
     verbs_nic *n = (verbs_nic *)nic;
-    if (!n) return;
-    shutdown(n->boot_fd, SHUT_WR);
+    if (!n || n->quiesced) return;
+    n->quiesced = 1;
     int64_t deadline = now_ms() + LINGER_MS;
+    /* Our own writes first (the farewell last): each one acknowledged has landed, and its
+     * completion waits in the peer's queue before our hang-up can reach the peer, so the peer
+     * harvests our last message before it learns we are gone. */
+    for (;;) {
+        pthread_mutex_lock(&n->lock);
+        int pending = n->in_flight > 0 && !n->failed;
+        pthread_mutex_unlock(&n->lock);
+        int64_t left = deadline - now_ms();
+        if (!pending || left <= 0 || peer_gone(n)) break;
+        tfos_completion done[HARVEST_BATCH];
+        char err[TFOS_NIC_ERRLEN];
+        int got = take(n, done, HARVEST_BATCH, err);
+        if (got < 0) break;
+        if (got == 0 && arm(n, err) == TFOS_NIC_OK && take(n, done, HARVEST_BATCH, err) == 0)
+            wait_once(n, -1, 0, left < 10 ? (int)left : 10);
+    }
+    shutdown(n->boot_fd, SHUT_WR);
     for (int64_t left = LINGER_MS; left > 0 && !peer_gone(n); left = deadline - now_ms()) {
         struct pollfd p = {n->boot_fd, POLLRDHUP, 0};
         if (poll(&p, 1, (int)left) < 0 && errno != EINTR) break;
     }
+}
+
+static void verbs_destroy(tfos_nic *nic) {
+    verbs_nic *n = (verbs_nic *)nic;
+    if (!n) return;
+    verbs_quiesce(nic);
     teardown(n);
 }
 
@@ -634,6 +660,7 @@ static const tfos_nic_ops verbs_ops = {
     "verbs", verbs_alloc_mr, verbs_free_mr, verbs_export_mr, verbs_write, verbs_poll,
     verbs_interrupt, verbs_destroy,
     0,   /* any_source: the device reads registered memory only */
+    verbs_quiesce,
 };
 
 /* ---- set-up: device and port --------------------------------------------------------------- */

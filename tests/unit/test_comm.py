@@ -304,11 +304,11 @@ def test_data_sent_before_close_arrives_while_the_peer_keeps_talking(request, sc
     if scheme == "rdma":
         request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "known, in the engine and the verbs carrier (not the comm): a receiver that is "
-            "itself writing to a peer that closes can lose the peer's last message, e.g. its "
-            "own writes hit regions the closed engine deregistered while the carrier's queue "
-            "pair lingers (IBV_WC_REM_ACCESS_ERR, and its queue pair's error state drops "
-            "receive completions not yet harvested), or it sees the hang-up first; about 1 run "
-            "in 3 of this scenario on a loaded host, through the fake libibverbs")))
+            "itself writing to a peer that closes can still see the peer's hang-up before the "
+            "peer's last message is complete, and then reports the link closed; the closing "
+            "side now keeps its regions and queue pair until its writes are acknowledged and "
+            "the peer lets go (nic.h quiesce), which made it rarer: 4 runs in 38 on a host at "
+            "load 15-20, through the fake libibverbs")))
     client, server = local_pair
     payload = os.urandom(3 * MiB)
     stop = threading.Event()
