@@ -213,12 +213,18 @@ def _vector_column(column, name: str, partition: int, first_row: int) -> np.ndar
 
 
 def _scatter(flat, dense, lengths, indices, size) -> np.ndarray:
-    """Dense rows copied whole, then every sparse entry set by one fancy-indexed assignment."""
+    """Dense rows copied whole, then every sparse entry set by one assignment at its flat
+    position (row * size + index: a 1-D fancy index is several times faster than a 2-D one)."""
     out = np.zeros((len(dense), size), dtype=flat.dtype)
-    dense_values = np.repeat(dense, lengths)
-    out[dense] = flat[dense_values].reshape(int(dense.sum()), size)
-    sparse_rows = np.repeat(np.arange(len(dense)), lengths)[~dense_values]
-    out[sparse_rows, indices] = flat[~dense_values]
+    if dense.any():
+        dense_values = np.repeat(dense, lengths)
+        out[dense] = flat[dense_values].reshape(int(dense.sum()), size)
+        sparse_values = flat[~dense_values]
+    else:
+        sparse_values = flat
+    sparse = ~dense
+    starts = np.repeat(np.flatnonzero(sparse) * size, lengths[sparse])
+    out.reshape(-1)[starts + indices] = sparse_values
     return out
 
 
