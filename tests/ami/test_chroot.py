@@ -129,6 +129,20 @@ def test_the_boot_units_are_enabled(image_root):
     assert "tfos-spark-master.service" not in os.listdir(wants)
 
 
+def test_systemd_accepts_the_installed_units(image_root):
+    """systemd's own reading of the units, against the root: directives, dependencies, and that
+    every command they run exists there."""
+    require("systemd-analyze", "systemd")
+    units = sorted(f"/etc/systemd/system/{name}" for name in
+                   os.listdir(os.path.join(image_root, "etc/systemd/system"))
+                   if name.startswith("tfos-") and name.endswith(".service"))
+    assert len(units) == 5, units
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={image_root}", *units],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), \
+        proc.stdout + proc.stderr
+
+
 # -- the units, run -------------------------------------------------------------------------------
 def test_node_env_from_cluster_env(boot):
     env = boot["node_env"]
