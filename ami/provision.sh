@@ -19,6 +19,7 @@
 #   TFOS_SOURCE         tfos source tarball made by ami/pack-source.sh (default /tmp/tfos-src.tar.gz)
 #   TFOS_AMI_DIR        a copy of ami/ on this host (default: this script's directory)
 #   TFOS_PIP_CACHE_DIR  a pip cache to use (default: none, so the image carries no cache)
+#   TFOS_APT_SIMULATE   set: only check that the variant's Debian packages resolve (tests)
 set -euo pipefail
 
 variant=${TFOS_VARIANT:-cpu}
@@ -55,13 +56,14 @@ apt_install() {
 
 # -- Debian packages -----------------------------------------------------------------------------
 if [ "$variant" = gpu ]; then
-  # Debian ships NVIDIA's driver in non-free (and its firmware in non-free-firmware).
+  # Debian ships NVIDIA's driver in non-free, its firmware in non-free-firmware and some of
+  # what the driver's packages need (nvidia-support, nvidia-installer-cleanup) in contrib.
+  add_components='/ contrib( |$)/! s/$/ contrib/; / non-free( |$)/! s/$/ non-free/; / non-free-firmware/! s/$/ non-free-firmware/'
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    sed -i -E '/^Components:/ { / non-free( |$)/! s/$/ non-free/; / non-free-firmware/! s/$/ non-free-firmware/ }' \
-      /etc/apt/sources.list.d/debian.sources
-  else
-    sed -i -E '/^deb .*debian/ { / non-free( |$)/! s/$/ non-free/; / non-free-firmware/! s/$/ non-free-firmware/ }' \
-      /etc/apt/sources.list
+    sed -i -E "/^Components:/ { $add_components }" /etc/apt/sources.list.d/debian.sources
+  fi
+  if [ -f /etc/apt/sources.list ]; then
+    sed -i -E "/^deb .*debian/ { $add_components }" /etc/apt/sources.list
   fi
 fi
 log "installing Debian packages ($variant variant)"
@@ -75,9 +77,19 @@ packages=(
   ca-certificates curl iproute2 netbase nftables procps e2fsprogs util-linux systemd
 )
 if [ "$variant" = gpu ]; then
-  # The kernel module is built by DKMS against the running kernel's headers (the cloud kernel
-  # on EC2); nvidia-smi is what the worker's GPU discovery script asks.
-  packages+=(nvidia-driver nvidia-smi firmware-misc-nonfree dkms "linux-headers-$(uname -r)")
+  # A compute host's share of NVIDIA's driver, without X (nvidia-driver would add 80 packages
+  # of it): the kernel module, built by DKMS for the current cloud kernel (installed with its
+  # headers, so the image boots the kernel the module was built for), libcuda, the GSP
+  # firmware newer GPUs load, and nvidia-smi, which the worker's GPU discovery script asks.
+  packages+=(nvidia-kernel-dkms libcuda1 nvidia-smi firmware-nvidia-gsp dkms
+             linux-image-cloud-amd64 linux-headers-cloud-amd64)
+fi
+if [ -n "${TFOS_APT_SIMULATE:-}" ]; then
+  # For tests without the hardware: does this variant's package set resolve? Nothing installed.
+  apt-get install --simulate -q --no-install-recommends "${packages[@]}" >/dev/null \
+    || die "the $variant variant's Debian packages do not resolve (see above)"
+  log "TFOS_APT_SIMULATE: the $variant variant's Debian packages resolve; stopping here"
+  exit 0
 fi
 apt_install "${packages[@]}"
 # Java 17 is what Spark 4 was tested with here; a later upgrade to another JDK or a new 17

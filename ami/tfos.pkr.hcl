@@ -26,7 +26,7 @@ variable "variant" {
 
 variable "instance_type" {
   type        = string
-  description = "The builder instance. A gpu image is built on a GPU instance: the driver's kernel module is built against its kernel."
+  description = "The builder instance (empty: c6i.large for cpu, g5.xlarge for gpu)."
   default     = ""
 }
 

@@ -143,6 +143,34 @@ def test_systemd_accepts_the_installed_units(image_root):
         proc.stdout + proc.stderr
 
 
+OVERLAY_PROVISION = r"""
+set -euo pipefail
+root=$1 ami=$2 work=$3
+mount -t tmpfs tmpfs "$work"
+mkdir -p "$work/upper" "$work/work" "$work/merged"
+mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/work" "$work/merged"
+mount -t proc proc "$work/merged/proc"
+cp -L /etc/resolv.conf "$work/merged/etc/resolv.conf"
+mkdir -p "$work/merged/tmp/tfos-ami"
+cp -a "$ami/." "$work/merged/tmp/tfos-ami/"
+: >"$work/merged/tmp/unused-source.tar.gz"
+exec chroot "$work/merged" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+  TFOS_VARIANT=gpu TFOS_APT_SIMULATE=1 TFOS_SOURCE=/tmp/unused-source.tar.gz \
+  TFOS_AMI_DIR=/tmp/tfos-ami bash /tmp/tfos-ami/provision.sh
+"""
+
+
+def test_gpu_variant_debian_packages_resolve(image_root, tmp_path):
+    """No GPU here to build the gpu variant on, but its Debian packages (NVIDIA's driver from
+    contrib/non-free, the cloud kernel's headers) must resolve: provision.sh with
+    TFOS_VARIANT=gpu and TFOS_APT_SIMULATE in a throw-away overlay of the built root."""
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c",
+                           OVERLAY_PROVISION, "_", image_root, AMI, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "the gpu variant's Debian packages resolve" in proc.stderr
+
+
 # -- the units, run -------------------------------------------------------------------------------
 def test_node_env_from_cluster_env(boot):
     env = boot["node_env"]
