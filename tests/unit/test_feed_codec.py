@@ -43,7 +43,8 @@ def test_every_feed_message_round_trips_and_decodes_only_as_what_the_reader_expe
                fm.EpochStart("input", 1, 40), fm.EpochStart("input", 2),
                fm.EpochQuery("input", 2), fm.EpochCount(130, 120), fm.EpochEnd("input", 2, 129),
                fm.EpochCut("input", 1), fm.EndAll({"input": 3, "other": -1}), fm.Done(),
-               fm.Results(4), fm.Ok(), fm.Error("why")]
+               fm.Results(4), fm.Ok(), fm.Error("why"), fm.Lease("input", 2, 5, 1024, 512),
+               fm.Grant([1, 0], [300, 212], 4096), fm.Grant(error="not fed now")]
     assert {type(s) for s in samples} == set(fm.ALL)
     for sample in samples:
         assert feed_codec.decode(join(feed_codec.encode(sample)))[0] == sample

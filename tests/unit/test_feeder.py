@@ -149,13 +149,15 @@ def test_missing_feed_endpoints_fail_with_the_nodes_named(control_plane):
 
 
 def test_a_feed_task_of_an_epoch_the_driver_is_not_feeding_gets_no_workers(fed_cluster):
-    feeder, _workers, _jobs = fed_cluster
+    feeder, workers, _jobs = fed_cluster
+    feeder.train(Partitions([rows(0, 4)]), num_epochs=1, feed_timeout=30, qname="input")
     endpoints = feeder.endpoints(10)
     stale = feed_task.FeedSpec("input", 7, endpoints, feeder._secret, True,
-                               driver_address=feeder._driver_address)
+                               lease_address=feeder._leases.address)
     with pytest.raises(FeedFailed, match=r"partition 2, rows 0-0: the driver gave no workers "
                                          r"for them: feed 'input' epoch 7 is not being fed now"):
         feed_task.feed_training_partition(stale, 2, rows(0, 3))
     orphan = feed_task.FeedSpec("input", 0, endpoints, feeder._secret, True)
-    with pytest.raises(FeedFailed, match="feeding 2 workers needs the driver's control service"):
+    with pytest.raises(FeedFailed, match="feeding 2 workers needs the driver's lease endpoint"):
         feed_task.feed_training_partition(orphan, 0, rows(0, 3))
+    finish(feeder, workers)

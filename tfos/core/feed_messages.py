@@ -19,7 +19,7 @@ Whatever the node cannot take is answered with ``Error``, and the node hangs up.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 VERSION = 2
 
@@ -71,6 +71,31 @@ class Batch(_Counted):
 class End(_Counted):
     records: int
     _counts = ("records",)
+
+
+# -- between a feed task and the driver's lease endpoint (tfos.driver.lease_server) ------------
+@dataclass(frozen=True)
+class Lease(_Counted):
+    """A feed task of ``train()`` holds rows ``[offset, offset + rows)`` of ``partition`` for
+    epoch ``epoch`` of ``feed``: which workers take them? (``tfos.core.feed_plan``)"""
+    feed: str
+    epoch: int
+    partition: int
+    offset: int
+    rows: int
+    _counts = ("epoch", "partition", "offset", "rows")
+
+
+@dataclass(frozen=True)
+class Grant(_Counted):
+    """The answer to ``Lease``: ``rows[i]`` rows, in order, to worker ``workers[i]`` (numbered
+    as in the feed spec); every worker gets at least ``floor`` rows of the epoch. ``error``:
+    why there is no grant (the epoch is not being fed)."""
+    workers: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    floor: int = 0
+    error: str = ""
+    _counts = ("floor",)
 
 
 # -- from the driver ---------------------------------------------------------------------------
@@ -163,4 +188,4 @@ FROM_FEEDER = (Batch, End)
 FROM_DRIVER = (EpochStart, EpochQuery, EpochEnd, EpochCut, EndAll)
 TO_FEEDER = (Done, Results, Error)
 TO_DRIVER = (Ok, EpochCount, Error)
-ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, EpochCount, Ok, Error)
+ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, EpochCount, Ok, Error, Lease, Grant)

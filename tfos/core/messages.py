@@ -127,28 +127,6 @@ class FeedDataRejected:
 
 
 @dataclass(frozen=True)
-class FeedLease:
-    """A feed task of ``train()`` holds rows ``[offset, offset + rows)`` of ``partition`` for
-    epoch ``epoch`` of ``feed``: which workers take them? (``tfos.core.feed_plan``)"""
-    feed: str
-    epoch: int
-    partition: int
-    offset: int
-    rows: int
-
-
-@dataclass(frozen=True)
-class FeedGrant:
-    """The answer to ``FeedLease``: ``rows[i]`` rows, in order, to worker ``workers[i]``
-    (numbered as in the feed spec); every worker gets at least ``floor`` rows of the epoch.
-    ``error``: why no grant (the epoch is not being fed)."""
-    workers: list[int] = dataclasses.field(default_factory=list)
-    rows: list[int] = dataclasses.field(default_factory=list)
-    floor: int = 0
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class NodeFateQuery:
     """A feed task lost its connection to node ``node_id``: why? The driver answers once it
     knows the node's fate, or after ``wait`` seconds."""
@@ -188,7 +166,6 @@ METHODS = {
     "FeedTerminated": (FeedTerminated, Ack, "feed_terminated"),
     "FeedDataRejected": (FeedDataRejected, Ack, "feed_data_rejected"),
     "NodeFate": (NodeFateQuery, NodeFate, "node_fate"),
-    "FeedLease": (FeedLease, FeedGrant, "feed_lease"),
 }
 
 

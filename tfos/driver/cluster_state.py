@@ -76,7 +76,6 @@ class ClusterState:
         self.changed = threading.Condition()
         self.on_feed_terminated: Callable[[int, str], None] | None = None
         self.on_feed_data_rejected: Callable[[m.FeedDataRejected], None] | None = None
-        self.on_feed_lease: Callable[[m.FeedLease], m.FeedGrant] | None = None
         # At most this many node_fate queries wait at once (each holds a service thread).
         self._fate_waits = threading.BoundedSemaphore(MAX_FATE_WAITERS)
         # Restarts (config.max_restarts): a failure with restarts left only sets `restarting`;
@@ -221,13 +220,6 @@ class ClusterState:
         if callback is not None:
             callback(msg)
         return m.Ack()
-
-    def feed_lease(self, msg: m.FeedLease) -> m.FeedGrant:
-        """Which workers take a feed task's next rows (the Feeder's ledger of the epoch)."""
-        callback = self.on_feed_lease
-        if callback is None:
-            return m.FeedGrant(error="this driver is not feeding (no InputMode.SPARK train())")
-        return callback(msg)
 
     def node_fate(self, msg: m.NodeFateQuery) -> m.NodeFate:
         """Why node ``msg.node_id`` is gone: waits (bounded) until it has exited or the cluster

@@ -33,6 +33,7 @@ from tfos.core.feed_plan import EpochLedger
 from tfos.driver import spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.feed_jobs import is_dataframe
+from tfos.driver.lease_server import LeaseServer
 from tfos.executor.feed_task import FeedSpec, NodeEndpoint
 
 # A fed epoch that took at least this many seconds is reported on the driver's stream.
@@ -86,7 +87,7 @@ class Feeder:
         # (_run_job). A feed task that finds bad data stops its job at once.
         state.on_feed_terminated = lambda node_id, feed: self.cancel()
         state.on_feed_data_rejected = self._data_rejected
-        state.on_feed_lease = self._lease
+        self._leases: LeaseServer | None = None    # started by the first train()
 
     # -- endpoints ----------------------------------------------------------------------------
     def workers(self) -> list[int]:
@@ -153,6 +154,10 @@ class Feeder:
         endpoints = self.endpoints(feed_timeout)
         arrow = is_dataframe(data)
         ids = self.workers()
+        if self._leases is None and len(ids) > 1:
+            host = self._driver_address.rsplit(":", 1)[0].strip("[]")
+            self._leases = LeaseServer(host, self._secret, self._lease,
+                                       bind_all=self.config.bind_all_interfaces)
         fed: list[EpochFed] = []
         for _ in range(num_epochs):
             self._raise_if_failed()
@@ -260,19 +265,19 @@ class Feeder:
                 f"{workers} workers{left_out} in {fed.seconds:.1f} s "
                 f"({fed.per_worker * workers / fed.seconds:,.0f} records/s)")
 
-    def _lease(self, msg: m.FeedLease) -> m.FeedGrant:
+    def _lease(self, msg: fm.Lease) -> fm.Grant:
         """A feed task's question: which workers take its next rows."""
         with self._lock:
             ledger = self._ledgers.get((msg.feed, msg.epoch))
         if ledger is None:
-            return m.FeedGrant(error=f"feed {msg.feed!r} epoch {msg.epoch} is not being fed "
-                                     "now (it ended, failed or was cancelled)")
+            return fm.Grant(error=f"feed {msg.feed!r} epoch {msg.epoch} is not being fed now "
+                                  "(it ended, failed or was cancelled)")
         try:
             grant = ledger.grant(msg.partition, msg.offset, msg.rows)
         except ConfigError as exc:
-            return m.FeedGrant(error=str(exc))
-        return m.FeedGrant([w for w, _ in grant.pieces], [n for _, n in grant.pieces],
-                           grant.floor)
+            return fm.Grant(error=str(exc))
+        return fm.Grant([w for w, _ in grant.pieces], [n for _, n in grant.pieces],
+                        grant.floor)
 
     def _cut(self, qname: str, epoch: int, ids: list[int], endpoints) -> None:
         """After a failed feed job: each worker's epoch ends with what it received, so the
@@ -288,7 +293,8 @@ class Feeder:
               training: bool) -> FeedSpec:
         return FeedSpec(qname, epoch, endpoints, self._secret, training, timeout=feed_timeout,
                         arrow=arrow, buffer_bytes=self.config.feed_buffer_bytes,
-                        driver_address=self._driver_address)
+                        driver_address=self._driver_address,
+                        lease_address=self._leases.address if self._leases else None)
 
     def _raise_if_failed(self) -> None:
         failures = self.state.failures
@@ -364,6 +370,9 @@ class Feeder:
         for conn in self._markers.values():
             conn.close()
         self._markers.clear()
+        if self._leases is not None:
+            self._leases.close()
+            self._leases = None
 
     # -- inference -----------------------------------------------------------------------------
     def inference(self, data, feed_timeout: float, qname: str, output_schema=None):

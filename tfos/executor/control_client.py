@@ -24,28 +24,18 @@ class ControlClient:
                        for name in m.METHODS}
 
     def call(self, name: str, message):
-        return self.call_later(name, message)()
-
-    def call_later(self, name: str, message):
-        """Sends the request now; returns a function that waits for the reply and decodes it
-        (raising DriverUnreachable as ``call`` does)."""
         _request, reply_type, _ = m.METHODS[name]
         body = m.encode(message)
         metadata = auth.sign(self._secret, m.method_path(name), body)
-        pending = self._calls[name].future(body, metadata=metadata, timeout=self._timeout)
-
-        def reply():
-            try:
-                data = pending.result()
-            except grpc.RpcError as exc:
-                raise DriverUnreachable(
-                    f"{name} to the driver's control service at {self.address} failed: "
-                    f"{exc.code().name}: {exc.details()}. Check that executors can reach the "
-                    "driver (spark.driver.host, or TFCluster.run(driver_host=...)) and that the "
-                    "driver is still running") from None
-            return m.decode(data, reply_type)
-
-        return reply
+        try:
+            reply = self._calls[name](body, metadata=metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise DriverUnreachable(
+                f"{name} to the driver's control service at {self.address} failed: "
+                f"{exc.code().name}: {exc.details()}. Check that executors can reach the driver "
+                "(spark.driver.host, or TFCluster.run(driver_host=...)) and that the driver is "
+                "still running") from None
+        return m.decode(reply, reply_type)
 
     def register(self, msg: m.Register) -> m.RegisterReply:
         return self.call("Register", msg)
@@ -70,9 +60,6 @@ class ControlClient:
 
     def node_fate(self, msg: m.NodeFateQuery) -> m.NodeFate:
         return self.call("NodeFate", msg)
-
-    def feed_lease(self, msg: m.FeedLease) -> m.FeedGrant:
-        return self.call("FeedLease", msg)
 
     def close(self) -> None:
         self._channel.close()

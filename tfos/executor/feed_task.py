@@ -55,6 +55,8 @@ class FeedSpec:
     buffer_bytes: int = DEFAULT_FEED_BUFFER_BYTES   # each node's (ClusterConfig.feed_buffer_bytes)
     # The driver's control service, told about rows that cannot be fed (None: nobody).
     driver_address: str | None = None
+    # The driver's lease endpoint (tfos.driver.lease_server): which workers take each chunk.
+    lease_address: str | None = None
 
     @property
     def sizes(self):
@@ -189,13 +191,14 @@ def _send_chunks(spec: FeedSpec, partition: int, source, connections, leases) ->
 
 
 class _Leases:
-    """Where a feed task's chunks go: the driver's ledger of the epoch decides (one call per
-    chunk); with a single worker everything goes to it without asking."""
+    """Where a feed task's chunks go: the driver's ledger of the epoch decides, asked over a
+    connection of the task's own to the driver's lease endpoint (``tfos.driver.lease_server``);
+    with a single worker everything goes to it without asking."""
 
     def __init__(self, spec: FeedSpec, partition: int):
         self._spec = spec
         self._partition = partition
-        self._client = None
+        self._conn = None
 
     def request(self, offset: int, rows: int):
         """Asks where rows ``[offset, offset + rows)`` go, without waiting for the answer;
@@ -204,23 +207,27 @@ class _Leases:
         if len(spec.workers) == 1:
             return lambda: (((0, rows),), None)
         where = f"partition {self._partition}, rows {offset}-{offset + rows - 1}"
-        if self._client is None:
-            if spec.driver_address is None:
-                raise FeedFailed(f"{where}: feeding {len(spec.workers)} workers needs the "
-                                 "driver's control service, and the feed spec names none")
-            from tfos.executor.control_client import ControlClient
-            self._client = ControlClient(spec.driver_address, spec.secret,
-                                         timeout=min(spec.timeout, 60.0))
-        answer = self._client.call_later("FeedLease", m.FeedLease(
-            spec.feed, spec.epoch, self._partition, offset, rows))
-        return lambda: self._check(answer, where, rows)
+        try:
+            if self._conn is None:
+                if spec.lease_address is None:
+                    raise FeedFailed(f"{where}: feeding {len(spec.workers)} workers needs the "
+                                     "driver's lease endpoint, and the feed spec names none")
+                self._conn = rdma_comm.connect(spec.lease_address, spec.secret,
+                                               timeout=min(spec.timeout, 60.0))
+            self._conn.send(feed_codec.encode(fm.Lease(spec.feed, spec.epoch, self._partition,
+                                                       offset, rows)))
+        except rdma_comm.CommError as exc:
+            raise FeedFailed(f"{where}: could not ask the driver at {spec.lease_address} which "
+                             f"workers take them: {exc}") from None
+        return lambda: self._answer(where, rows)
 
-    def _check(self, answer, where: str, rows: int):
+    def _answer(self, where: str, rows: int):
         spec = self._spec
         try:
-            grant = answer()
-        except DriverUnreachable as exc:
-            raise FeedFailed(f"{where}: could not ask the driver which workers take them: "
+            grant, _ = feed_codec.decode(self._conn.recv(timeout=min(spec.timeout, 60.0)),
+                                         (fm.Grant,), "grant")
+        except rdma_comm.CommError as exc:
+            raise FeedFailed(f"{where}: the driver did not say which workers take them: "
                              f"{exc}") from None
         if grant.error:
             raise FeedFailed(f"{where}: the driver gave no workers for them: {grant.error}")
@@ -232,8 +239,8 @@ class _Leases:
         return pieces, grant.floor
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class _RowSource:
