@@ -48,10 +48,11 @@ def rows_to_columns(rows: list, partition: int, first_row: int = 0) -> dict[str,
             f"more than the {MAX_COLUMNS} a feed carries. For a vector per row, make it one "
             "field: a numpy array, or the list inside a tuple, (values,)")
     getters = _getters(rows[0], names)
+    transposed = _transposed(rows, len(names))
     columns = {}
-    for name, get in zip(names, getters):
+    for index, (name, get) in enumerate(zip(names, getters)):
         try:
-            values = [get(row) for row in rows]
+            values = transposed[index] if transposed else [get(row) for row in rows]
         except (KeyError, IndexError, TypeError):
             bad = _first_bad_structure(rows, names, getters)
             raise FeedDataError(f"partition {partition}, row {first_row + bad}: expected the "
@@ -59,6 +60,16 @@ def rows_to_columns(rows: list, partition: int, first_row: int = 0) -> dict[str,
                                 f"{_short(rows[bad])}") from None
         columns[name] = _column(values, name, partition, first_row)
     return columns
+
+
+def _transposed(rows: list, width: int) -> list | None:
+    """The columns of rows that are all tuples or lists (``Row``s too) of ``width`` fields,
+    transposed in C (``zip``); None for any other rows, which take the per-field getters."""
+    if not all(issubclass(kind, (tuple, list)) for kind in set(map(type, rows))):
+        return None
+    if set(map(len, rows)) != {width}:
+        return None
+    return list(zip(*rows))
 
 
 def _getters(row, names):
@@ -88,16 +99,17 @@ def _first_bad_structure(rows, names, getters) -> int:
     return 0
 
 
-def _column(values: list, name: str, partition: int, first_row: int) -> np.ndarray:
-    for index, value in enumerate(values):
-        if value is None:
-            raise FeedDataError(f"partition {partition}, row {first_row + index}, column "
-                                f"{name!r}: value is None; drop or fill missing values first")
+def _column(values, name: str, partition: int, first_row: int) -> np.ndarray:
     try:
         array = np.asarray(values)
     except ValueError:
         array = None
-    if array is None or array.dtype.hasobject:
+    if array is None or array.dtype.hasobject:     # a None, or values unlike the others
+        for index, value in enumerate(values):
+            if value is None:
+                raise FeedDataError(f"partition {partition}, row {first_row + index}, column "
+                                    f"{name!r}: value is None; drop or fill missing values "
+                                    "first")
         index, typical = _first_odd_shape(values)
         raise FeedDataError(
             f"partition {partition}, row {first_row + index}, column {name!r}: value "
