@@ -123,7 +123,11 @@ cp -L "${PIP_CERT:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}" "
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
 start=$SECONDS
-log "running ami/provision.sh in the root (on a fresh base: several minutes)"
+if [ -f "$root.provisioned" ]; then
+  log "running ami/provision.sh in the root again (seconds: only tfos is re-installed)"
+else
+  log "running ami/provision.sh in the fresh root (several minutes)"
+fi
 chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root LANG=C.UTF-8 TFOS_VARIANT="$variant" TFOS_SOURCE=/tmp/tfos-src.tar.gz \
   TFOS_AMI_DIR=/tmp/tfos-ami TFOS_PIP_CACHE_DIR=/root/.cache/pip "${pip_env[@]}" \
