@@ -31,7 +31,7 @@ def consume(server, out):
 
 def test_records_larger_than_a_chunk_are_sent_in_smaller_messages(node):
     server, endpoint = node
-    rows = 100   # 1 MiB each: 100 MiB in all, more than the 64 MiB ring and the 32 MiB buffer
+    rows = 100   # 1 MiB each: 100 MiB in all, more than the 8 MiB ring and the 32 MiB buffer
     server.queue("input").announce_epoch(0, rows)
     received = []
     reader = threading.Thread(target=consume, args=(server, received), daemon=True)
@@ -54,7 +54,7 @@ def test_small_records_still_travel_in_full_chunks(node):
 
 
 def test_a_record_larger_than_the_ring_still_goes_through(node):
-    server, endpoint = node   # 32 MiB buffer: a 16 MiB shm ring
+    server, endpoint = node   # 32 MiB buffer: an 8 MiB shm ring
     rows = 3
     server.queue("input").announce_epoch(0, rows)
     received = []

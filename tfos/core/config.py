@@ -33,14 +33,16 @@ def feed_sizes(buffer_bytes: int) -> FeedSizes:
     Messages carry up to 4 MiB, and no more than a quarter of the buffer, so several are in
     flight. A connection takes any chunk the buffer could take, plus its header, so an oversized
     record meets the node's clear refusal rather than the transport's size limit. Each same-host
-    feeder's shared-memory ring is a quarter of the buffer within [16 MiB, 64 MiB]: a node's
-    feed memory is thus at most the buffer plus one ring per concurrent same-host feed task (a
-    message larger than its ring still goes through, inline on the ring's socket).
+    feeder's shared-memory ring is a quarter of the buffer within [4 MiB, 16 MiB] (four of the
+    largest messages keep both ends busy; a larger ring only costs page faults on every new
+    connection: 48 MB through a fresh 64 MiB ring took 45-50 ms, through 16 MiB 18-25 ms): a
+    node's feed memory is thus at most the buffer plus one ring per concurrent same-host feed
+    task (a message larger than its ring still goes through, inline on the ring's socket).
     """
     return FeedSizes(
         buffer_bytes=buffer_bytes,
         max_message=max(256 << 20, buffer_bytes + (1 << 20)),
-        shm_ring_bytes=min(64 << 20, max(16 << 20, buffer_bytes // 4)),
+        shm_ring_bytes=min(16 << 20, max(4 << 20, buffer_bytes // 4)),
         chunk_bytes=max(1, min(4 << 20, buffer_bytes // 4)),
         train_reply_bytes=64 << 10,
         inference_reply_bytes=16 << 20)
