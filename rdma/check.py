@@ -120,10 +120,16 @@ def _pyverbs_mtus() -> tuple[dict[tuple[str, int], str], str]:
     """Each port's active MTU from pyverbs, when it is importable."""
     try:
         from pyverbs.device import Context, get_device_list
+        from pyverbs.pyverbs_error import PyverbsError
     except ImportError:
         return {}, "sysfs"
+    try:
+        found = get_device_list()
+    except PyverbsError:
+        # No device at all (ENOSYS where the kernel has no RDMA): sysfs says what is missing.
+        return {}, "sysfs"
     mtus = {}
-    for dev in get_device_list():
+    for dev in found:
         name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
         try:
             with Context(name=name) as ctx:

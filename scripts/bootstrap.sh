@@ -15,8 +15,8 @@ if [ ! -f "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] \
     || [ -n "$(find "$root/rdma/csrc" -newer "$stamp" -print -quit 2>/dev/null)" ]; then
   echo "[tfos] installing tfos and its dependencies into $venv (first time: about 2 minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$venv/bin/python" -m pip install --quiet -e "$root[test,examples]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$venv/bin/python" -m pip install --quiet -e "${root}[test,examples]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('tfos', 'pyspark', 'tensorflow', 'tf_keras', 'grpc')))" \
-    || { echo "[tfos] install failed: run '$venv/bin/python -m pip install -e $root[test,examples]' to see why" >&2; exit 1; }
+    || { echo "[tfos] install failed: run '$venv/bin/python -m pip install -e ${root}[test,examples]' to see why" >&2; exit 1; }
   touch "$stamp"
 fi

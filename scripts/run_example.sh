@@ -4,6 +4,7 @@
 # workers) on an embedded Spark local-cluster and prints the test accuracy.
 # Extra arguments go to mnist_spark.py (e.g. --num_ps 1, --epochs 5, --tensorboard).
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 data="$root/data/mnist"
 if [ ! -d "$data/train" ]; then

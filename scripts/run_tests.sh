@@ -2,6 +2,7 @@
 # The whole test suite: sets up .venv (scripts/bootstrap.sh), then runs pytest over tests/.
 # Extra arguments go to pytest (e.g. scripts/run_tests.sh tests/unit -x).
 set -euo pipefail
+# shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 # The fast tier first: a broken core fails in seconds, before any Spark starts.
 if [ $# -eq 0 ]; then set -- tests/unit tests/integration; fi

@@ -1,3 +1,6 @@
+# shellcheck shell=bash
+# root, py and prog are set by the script that sources this file.
+# shellcheck disable=SC2154
 # Sourced (not run) by scripts/spark_standalone.sh and scripts/testnet.sh: the environment of
 # Spark's daemon scripts (spark-daemon.sh from the private SPARK_HOME of scripts/spark_home.sh)
 # and the bounded waits on the daemons they start.

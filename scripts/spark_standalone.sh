@@ -148,14 +148,14 @@ do_stop() {
     return 0
   fi
   # Verify: anything of this cluster left (pid file lost, executors orphaned) is killed.
-  pids=($(cluster_pids))
+  mapfile -t pids < <(cluster_pids)
   if [ ${#pids[@]} -gt 0 ]; then
     log "left over processes of this cluster: ${pids[*]}; sending SIGTERM, then SIGKILL after ${t}s"
     kill "${pids[@]}" 2>/dev/null || true
     wait_gone "$t" "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true
     wait_gone 5 "${pids[@]}" || true
   fi
-  pids=($(cluster_pids))
+  mapfile -t pids < <(cluster_pids)
   [ ${#pids[@]} -eq 0 ] || die "processes of this cluster still running: ${pids[*]}"
   rm -f "$state"
   log "stopped $MASTER_URL"
@@ -197,8 +197,9 @@ do_start() {
   # Free ports, all chosen at once so that they are distinct: master, master web UI, then a
   # port and a web UI port per worker. (Another process could take one before Spark binds it;
   # the wait below then fails naming the log that says so.)
-  ports=($(spark_free_ports "$host" $((2 + 2 * workers)) "$port" "$webui_port")) \
+  ports=$(spark_free_ports "$host" $((2 + 2 * workers)) "$port" "$webui_port") \
     || die "cannot pick free ports on $host (is --host an address of this machine?)"
+  read -r -a ports <<<"$ports"
   MASTER_HOST=$host MASTER_PORT=${ports[0]} MASTER_WEBUI_PORT=${ports[1]}
   MASTER_URL=spark://$MASTER_HOST:$MASTER_PORT WORKERS=$workers
   MASTER_LOG=$(log_file "$master_class" 1)

@@ -17,16 +17,9 @@ UNITS = sorted(glob.glob(os.path.join(AMI, "files", "systemd", "*.service")))
 USER_DATA = sorted(glob.glob(os.path.join(AMI, "cloud-init", "*.yaml")))
 TEMPLATE = os.path.join(AMI, "tfos.pkr.hcl")
 
-# Scripts of scripts/ that are not the image's, with the findings of shellcheck 0.9 they had when
-# ami/ arrived (listed for their owner in issue 13's note). strict: once one is clean, this list
-# must lose its entry.
+# Scripts of scripts/ that still have findings of shellcheck 0.9 (strict: once one is clean,
+# this list must lose its entry).
 KNOWN_FINDINGS = {
-    "scripts/bootstrap.sh": "SC1087: $root[test,examples] read as an array index",
-    "scripts/env.sh": "SC2148 no shell directive; SC2155; SC2164",
-    "scripts/run_example.sh": "SC2154: root comes from the sourced env.sh",
-    "scripts/run_tests.sh": "SC2154: root comes from the sourced env.sh",
-    "scripts/spark_lib.sh": "SC2148 no shell directive; SC2154 root/py/prog from the caller",
-    "scripts/spark_standalone.sh": "SC2207: arrays from command output",
     "scripts/testnet.sh": "SC1073/SC1061: shellcheck 0.9 cannot parse the here-document "
                           "followed by a '\\' continuation line in check_reach",
 }

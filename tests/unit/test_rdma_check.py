@@ -103,3 +103,27 @@ def test_on_this_host_the_command_says_why_not():
     report = json.loads(result.stdout)
     assert result.returncode == 1 and not report["usable"]
     assert report["problems"][0].startswith("no RDMA device")
+
+
+def test_a_pyverbs_that_finds_no_device_at_all_falls_back_to_sysfs(tmp_path):
+    """Debian's pyverbs raises from get_device_list() where the kernel has no RDMA (found on a
+    cloud image's root): the check says what is missing instead of a traceback."""
+    package = tmp_path / "site" / "pyverbs"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "pyverbs_error.py").write_text(
+        "class PyverbsError(Exception):\n    pass\n\n\n"
+        "class PyverbsRDMAError(PyverbsError):\n    pass\n")
+    (package / "device.py").write_text(
+        "from pyverbs.pyverbs_error import PyverbsRDMAError\n\n\n"
+        "class Context:\n    pass\n\n\n"
+        "def get_device_list():\n"
+        "    raise PyverbsRDMAError('Failed to get devices list. Errno: 38, Function not "
+        "implemented')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "rdma.check", "--sysfs",
+                             str(tmp_path / "sysfs"), "--dev", str(tmp_path / "dev")],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and "1. no RDMA device" in result.stdout
