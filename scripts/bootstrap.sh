@@ -20,3 +20,15 @@ if [ ! -f "$stamp" ] || [ "$root/setup.py" -nt "$stamp" ] \
     || { echo "[tfos] install failed: run '$venv/bin/python -m pip install -e ${root}[test,examples]' to see why" >&2; exit 1; }
   touch "$stamp"
 fi
+# The image's validators (tests/ami/test_static.py) need three Debian packages: packer,
+# cloud-init and the shell linter. Installed here when missing and this is a root shell with
+# apt (else the tests say what is missing, and fail under CI=true).
+if ! command -v packer >/dev/null || ! command -v cloud-init >/dev/null \
+    || ! command -v shellcheck >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "[tfos] installing packer, cloud-init and shellcheck (apt) for the image's validators" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends packer cloud-init shellcheck; } >/dev/null 2>&1 \
+      || echo "[tfos] could not install packer, cloud-init and shellcheck with apt-get" >&2
+  fi
+fi
