@@ -147,9 +147,9 @@ net_down() {
   # A deleted namespace's devices may linger a moment (the kernel frees them asynchronously).
   deadline=$((SECONDS + 10))
   while :; do
-    left=($(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' \
-      | grep -E "^(veth-tfos-h[0-9]|$bridge)$" || true)
-      $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^tfos-h[0-9]$' || true))
+    mapfile -t left < <(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' \
+      | grep -E "^(veth-tfos-h[0-9]|$bridge)$" || true
+      ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^tfos-h[0-9]$' || true)
     [ ${#left[@]} -eq 0 ] && return 0
     [ $SECONDS -lt $deadline ] || break
     sleep 0.2
@@ -185,24 +185,24 @@ master_pids() {
 # stop_spark SECONDS: the master, then everything inside the namespaces; TERM, then KILL.
 stop_spark() {
   local t=$1 pids
-  pids=($(master_pids))
+  mapfile -t pids < <(master_pids)
   if [ ${#pids[@]} -gt 0 ]; then
     log "stopping the master (pid ${pids[*]})"
     kill "${pids[@]}" 2>/dev/null || true
     spark_wait_gone "$t" "${pids[@]}" || { log "master still running after ${t}s; SIGKILL"; kill -9 "${pids[@]}" 2>/dev/null || true; }
   fi
-  pids=($(ns_pids | sort -u))
+  mapfile -t pids < <(ns_pids | sort -u)
   if [ ${#pids[@]} -gt 0 ]; then
     log "stopping ${#pids[@]} process(es) inside the test hosts: ${pids[*]}"
     kill "${pids[@]}" 2>/dev/null || true
     spark_wait_gone "$t" "${pids[@]}" || {
-      pids=($(ns_pids | sort -u))
+      mapfile -t pids < <(ns_pids | sort -u)
       log "still running after ${t}s: ${pids[*]}; SIGKILL"
       [ ${#pids[@]} -eq 0 ] || kill -9 "${pids[@]}" 2>/dev/null || true
       [ ${#pids[@]} -eq 0 ] || spark_wait_gone 5 "${pids[@]}" || true
     }
   fi
-  pids=($(master_pids) $(ns_pids | sort -u))
+  mapfile -t pids < <(master_pids; ns_pids | sort -u)
   [ ${#pids[@]} -eq 0 ] || die "processes of the test cluster still running: ${pids[*]}"
   rm -f "$base/pids/"*.pid "$state"
 }
@@ -230,9 +230,8 @@ check_reach() {
     for ((j = 1; j <= nhosts; j++)); do
       [ "$j" -eq "$i" ] || targets+=" $(host_ip "$j"):$worker_port"
     done
-    ip netns exec "$(ns_name "$i")" "$py" - $targets <<'EOF' \
-      || die "test host $(ns_name "$i") cannot reach the others (see above): is traffic across \
-bridge $bridge filtered (bridge-nf-call-iptables with a DROP policy for FORWARD)?"
+    # shellcheck disable=SC2086  # one argument per target
+    if ! ip netns exec "$(ns_name "$i")" "$py" - $targets <<'EOF'
 import socket, sys
 bad = []
 for target in sys.argv[1:]:
@@ -245,6 +244,10 @@ if bad:
     print("testnet.sh: unreachable from this host:", *bad, sep="\n  ", file=sys.stderr)
     sys.exit(1)
 EOF
+    then
+      die "test host $(ns_name "$i") cannot reach the others (see above): is traffic across \
+bridge $bridge filtered (bridge-nf-call-iptables with a DROP policy for FORWARD)?"
+    fi
   done
 }
 
@@ -253,7 +256,8 @@ start_spark() {
   deadline=$(awk -v a="$start_ts" -v t="$t" 'BEGIN{printf "%.3f", a + t}')
   mkdir -p "$base/logs" "$base/pids" "$base/work"
   rm -f "$base/pids/"*.pid
-  ports=($(spark_free_ports "$driver_ip" 2)) || die "cannot pick free ports on $driver_ip"
+  ports=$(spark_free_ports "$driver_ip" 2) || die "cannot pick free ports on $driver_ip"
+  read -r -a ports <<<"$ports"
   MASTER_HOST=$driver_ip MASTER_PORT=${ports[0]} MASTER_WEBUI_PORT=${ports[1]}
   MASTER_URL=spark://$MASTER_HOST:$MASTER_PORT
   cat >"$state" <<EOF
@@ -354,7 +358,7 @@ do_status() {
     ns=$(ns_name "$i") veth=$(veth_name "$i")
     local link="missing" worker
     if link_exists "$veth"; then
-      ip link show "$veth" | grep -q "state UP" && link=up || { link=down; rc=2; }
+      if ip link show "$veth" | grep -q "state UP"; then link=up; else link=down; rc=2; fi
     else
       rc=2
     fi
