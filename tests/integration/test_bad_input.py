@@ -53,8 +53,10 @@ def test_a_bad_row_fails_train_naming_partition_row_and_column(spark_local_clust
 def test_an_empty_dataset_is_refused_and_the_cluster_goes_on(spark_local_cluster_4x1, tmp_path):
     sc = spark_local_cluster_4x1.sparkContext
     cluster = spark_cluster(spark_local_cluster_4x1, args={"out": str(tmp_path), "name": "a"})
-    with pytest.raises(ConfigError, match=r"train\(\) got 0 rows in 3 partitions for 2 workers"):
+    with pytest.raises(ConfigError, match=r"train\(\) got 0 rows for 2 workers"):
         cluster.train(sc.parallelize([], 3), num_epochs=1)
+    with pytest.raises(ConfigError, match=r"train\(\) got 1 rows for 2 workers"):
+        cluster.train(sc.parallelize(rows(100, 101), 2), num_epochs=1)
     cluster.train(sc.parallelize(rows(0, 40), 4), num_epochs=1)
     cluster.shutdown(timeout=60)
     got = sorted(i for p in tmp_path.glob("*.json") for i in json.loads(p.read_text()))

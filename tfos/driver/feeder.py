@@ -183,10 +183,10 @@ class Feeder:
             fed.append(outcome)
             if outcome.per_worker == 0:
                 raise ConfigError(
-                    f"train() fed {outcome.dropped} rows to {len(ids)} workers: every worker "
-                    "must get the same number of rows, so the epoch was empty. Check the data "
-                    "(a filter that removed everything?); in a streaming foreachBatch, skip "
-                    "empty micro-batches (if batch_df.isEmpty(): return)")
+                    f"train() got {outcome.dropped} rows for {len(ids)} workers: every worker "
+                    "must get the same number of rows, so nothing was fed. Check the data (a "
+                    "filter that removed everything?); in a streaming foreachBatch, skip empty "
+                    "micro-batches (if batch_df.isEmpty(): return)")
         self._raise_if_failed()
         return fed
 
