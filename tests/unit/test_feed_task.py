@@ -172,3 +172,17 @@ def test_retry_bookkeeping_forgets_epochs_the_node_read_past(node):
         assert len(received) == 8
     # Epochs 0 and 1 are over: only the last epoch's partitions are remembered.
     assert sorted(server._taken) == [("input", 2)]
+
+
+def test_inference_results_become_arrow_columns_from_their_buffers():
+    import pyarrow as pa
+
+    from tfos.executor.feed_task import _arrow_column
+    assert _arrow_column(np.array([1.5, 2.5], np.float32), pa.float64()).to_pylist() == [1.5, 2.5]
+    vectors = _arrow_column(np.arange(6, dtype=np.float32).reshape(3, 2), pa.list_(pa.float32()))
+    assert vectors.type == pa.list_(pa.float32())
+    assert vectors.to_pylist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert _arrow_column(np.array(["a", "bc"]), pa.string()).to_pylist() == ["a", "bc"]
+    assert _arrow_column(np.array([7, 8]), pa.string()).to_pylist() == ["7", "8"]
+    cube = np.arange(8).reshape(2, 2, 2)   # a matrix per row: through Python lists
+    assert _arrow_column(cube, pa.list_(pa.list_(pa.int64()))).to_pylist() == cube.tolist()

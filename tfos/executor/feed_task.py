@@ -424,7 +424,7 @@ def infer_rows(spec: FeedSpec, partition: int, rows):
     for columns in infer_partition(spec, partition, rows):
         values = list(columns.values())
         if len(values) == 1 and list(columns) == ["0"]:
-            yield from (v.item() if v.ndim == 0 else v.tolist() for v in values[0])
+            yield from values[0].tolist()      # one conversion a chunk: scalars or lists
         else:
             yield from zip(*(v.tolist() for v in values))
 
@@ -444,9 +444,24 @@ def infer_arrow(spec: FeedSpec, schema, batches):
     for chunk in infer_partition(spec, _partition_id(), remember(batches)):
         out = pa.Table.from_batches(_take_rows(waiting, len(next(iter(chunk.values())))))
         for name, values in zip(schema.names[out.num_columns:], chunk.values()):
-            column = pa.array(values.tolist()).cast(to_arrow_type(schema[name].dataType))
-            out = out.append_column(name, column)
+            out = out.append_column(name, _arrow_column(values,
+                                                        to_arrow_type(schema[name].dataType)))
         yield from out.to_batches()
+
+
+def _arrow_column(values: np.ndarray, arrow_type):
+    """A result column as Arrow from its numpy buffer (no Python object per row): a value per
+    row, or a vector per row as a list column; anything else through Python lists."""
+    import pyarrow as pa
+    if values.ndim == 1:
+        column = pa.array(values)
+    elif values.ndim == 2 and values.dtype.kind in "biuf":
+        rows, width = values.shape
+        offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+        column = pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+    else:
+        column = pa.array(values.tolist())
+    return column.cast(arrow_type)
 
 
 def _take_rows(waiting, rows: int) -> list:
