@@ -13,13 +13,17 @@ buffers (``shm://``'s ring) size them from it; TCP leaves it to the kernel.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from typing import Sequence
+import threading
+from typing import Callable, Sequence
 
 from rdma import comm
 from rdma.errors import ConnectFailed
 from rdma.tcp import format_address
+
+logger = logging.getLogger(__name__)
 
 SHM, TCP = "shm", "tcp"
 # Schemes that carry a connection between two hosts, best first.
@@ -99,6 +103,24 @@ def connect(addresses: Sequence[str], secret: bytes, timeout: float, *,
     """Connects to the peer advertised at ``addresses`` over the scheme ``choose`` picks."""
     uri = choose(addresses, same_host)
     return comm.connect(uri, secret, timeout, **buffer_options(uri, receive_bytes), **opts)
+
+
+def serve_each(listener: comm.Listener, serve: Callable[[comm.Comm], None],
+               stopped: threading.Event, what: str, log: logging.Logger = logger) -> None:
+    """Accepts connections until ``stopped`` is set or the listener closes, each served by
+    ``serve(conn)`` on a daemon thread of its own (named ``what``); a connection that fails its
+    handshake is logged (to the server's ``log``) and the next one accepted."""
+    while not stopped.is_set():
+        try:
+            conn = listener.accept()
+        except comm.CommError as exc:
+            if stopped.is_set():
+                continue
+            log.warning("%s at %s refused a connection: %s", what, listener.address, exc)
+            if isinstance(exc, comm.CommClosed):
+                return
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True, name=what).start()
 
 
 def listen(uri: str, secret: bytes, *, receive_bytes: int | None = None,

@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from rdma import comm as rdma_comm
+from rdma import peer
 from tfos.core import feed_codec
 from tfos.core import feed_messages as fm
 from tfos.core.errors import ProtocolError
@@ -30,25 +31,11 @@ class LeaseServer:
                  bind_all: bool = False):
         self._grant = grant
         self._closed = threading.Event()
-        bind = listen_host(host, bind_all)
-        self._listener = rdma_comm.listen(
-            f"tcp://[{bind}]:0" if ":" in bind else f"tcp://{bind}:0", secret)
-        port = self._listener.address.rsplit(":", 1)[1]
-        self.address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-        threading.Thread(target=self._accept, daemon=True, name="tfos-lease-accept").start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn = self._listener.accept()
-            except rdma_comm.CommClosed:
-                return
-            except rdma_comm.CommError as exc:
-                if not self._closed.is_set():
-                    logger.warning("lease endpoint refused a connection: %s", exc)
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="tfos-lease").start()
+        self._listener = rdma_comm.listen(peer.format_tcp(listen_host(host, bind_all), 0), secret)
+        self.address = peer.advertise(self._listener.address, host)
+        threading.Thread(target=peer.serve_each,
+                         args=(self._listener, self._serve, self._closed, "tfos-lease", logger),
+                         daemon=True, name="tfos-lease-accept").start()
 
     def _serve(self, conn) -> None:
         with conn:

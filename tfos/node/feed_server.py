@@ -63,8 +63,10 @@ class FeedServer:
                            for uri in uris]
         self.addresses = [listener.address for listener in self._listeners]
         for listener in self._listeners:
-            threading.Thread(target=self._accept, args=(listener,), daemon=True,
-                             name="tfos-feed-accept").start()
+            threading.Thread(target=peer.serve_each,
+                             args=(listener, self._serve, self._closed, "tfos-feed-conn",
+                                   logger),
+                             daemon=True, name="tfos-feed-accept").start()
         if stall_timeout is not None and on_stall is not None:
             threading.Thread(target=self._watch_stalls, args=(stall_timeout, on_stall),
                              daemon=True, name="tfos-feed-stall").start()
@@ -122,20 +124,6 @@ class FeedServer:
                     return
 
     # -- connections --------------------------------------------------------------------------
-    def _accept(self, listener) -> None:
-        while not self._closed.is_set():
-            try:
-                conn = listener.accept()
-            except self._comm.CommError as exc:
-                if not self._closed.is_set():
-                    logger.warning("feed endpoint %s refused a connection: %s",
-                                   listener.address, exc)
-                    if isinstance(exc, self._comm.CommClosed):
-                        return
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="tfos-feed-conn").start()
-
     def _serve(self, conn) -> None:
         with conn:
             try:
