@@ -36,9 +36,8 @@ RESULTS = 2
 TILE_BYTES = 256 << 10
 # Slots and result buffers grow in steps of this many bytes.
 GRANULE = 1 << 20
-# record fields: pid, slot fd, result fd (rank 0; -1 elsewhere), capacity, held-results mask,
-# status (0: fine; 1: this rank cannot use shared memory)
-RECORD = 6
+# A rank's record for the first sync (Arena.prepare): pid, slot fd, result fd (rank 0; -1
+# elsewhere), capacity, held-results mask, status (FINE, or BROKEN: it cannot take part).
 FINE, BROKEN = 0, 1
 
 

@@ -258,7 +258,7 @@ class Group:
         """``out`` = the reduction of every rank's ``flat``; ``flat`` is only read (no copy of
         it is made: the first reduction of each chunk reads it straight)."""
         n = self.size
-        bounds = np.linspace(0, flat.size, n + 1).astype(np.int64)
+        bounds = self._chunk_bounds(flat.size)
         mine = [flat[bounds[i]:bounds[i + 1]] for i in range(n)]
         chunk = [out[bounds[i]:bounds[i + 1]] for i in range(n)]
         for step in range(n - 1):       # reduce-scatter: rank r ends with chunk r+1 complete
@@ -272,6 +272,11 @@ class Group:
             self._exchange(call, chunk[(self.rank - step + 1) % n],
                            chunk[(self.rank - step) % n], None)
 
+    def _chunk_bounds(self, count: int) -> np.ndarray:
+        """Where each rank's chunk of ``count`` values starts (and, last, where all end): the
+        same cut for the ring and for shared memory."""
+        return np.linspace(0, count, self.size + 1).astype(np.int64)
+
     # -- in shared memory -----------------------------------------------------------------------
     def _shared_allreduce(self, call: Call, flat: np.ndarray, reduce,
                           mean: bool) -> np.ndarray | None:
@@ -279,7 +284,7 @@ class Group:
         of the result, or None when every rank must take the ring instead."""
         arena = self._arena
         record = arena.prepare(flat.nbytes)
-        bounds = np.linspace(0, flat.size, self.size + 1).astype(np.int64)
+        bounds = self._chunk_bounds(flat.size)
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
         if not arena.broken:      # the parts of the input the others reduce
             slot = arena.slots[self.rank][:flat.nbytes].view(flat.dtype)

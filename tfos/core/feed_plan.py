@@ -91,8 +91,7 @@ def _level(granted: list[int], rows: int, balance: int) -> tuple[tuple[int, int]
     raised to one level (water-filling), each then within one row of that level."""
     order = sorted(range(len(granted)), key=lambda w: (granted[w], w))
     low = order[0]
-    others = [granted[w] for w in order[1:]]
-    if granted[low] + rows <= min(others + [granted[low] + rows]) + balance:
+    if len(order) == 1 or granted[low] + rows <= granted[order[1]] + balance:
         return ((low, rows),)
     # The k least-granted workers reach the level; the (k+1)-th is already at or above it.
     prefix, k = 0, 0

@@ -5,7 +5,8 @@ The feed jobs of ``tfos.driver.feed_jobs`` run the thin closures at the end of t
 they wrap directly with a list. Training: the partition is read once, in chunks of columns;
 the driver's ledger says which worker takes each chunk (or which pieces of it, to keep the
 workers level: ``tfos.core.feed_plan``). Inference: the whole partition goes to one worker and
-the results come back on the same connection, in row order. ``rdma.peer`` picks the transport: shared memory for a node on this host, TCP otherwise.
+the results come back on the same connection, in row order. ``rdma.peer`` picks the transport:
+shared memory for a node on this host, TCP otherwise.
 
 A row that cannot be fed (``FeedDataError``) is reported to the driver's control service
 before the task fails, so ``train()`` knows the data is at fault without reading Spark's error
@@ -199,6 +200,7 @@ class _Leases:
         self._spec = spec
         self._partition = partition
         self._conn = None
+        self._timeout = min(spec.timeout, 60.0)    # a question, not a transfer
 
     def request(self, offset: int, rows: int):
         """Asks where rows ``[offset, offset + rows)`` go, without waiting for the answer;
@@ -213,7 +215,7 @@ class _Leases:
                     raise FeedFailed(f"{where}: feeding {len(spec.workers)} workers needs the "
                                      "driver's lease endpoint, and the feed spec names none")
                 self._conn = rdma_comm.connect(spec.lease_address, spec.secret,
-                                               timeout=min(spec.timeout, 60.0))
+                                               timeout=self._timeout)
             self._conn.send(feed_codec.encode(fm.Lease(spec.feed, spec.epoch, self._partition,
                                                        offset, rows)))
         except rdma_comm.CommError as exc:
@@ -224,8 +226,8 @@ class _Leases:
     def _answer(self, where: str, rows: int):
         spec = self._spec
         try:
-            grant, _ = feed_codec.decode(self._conn.recv(timeout=min(spec.timeout, 60.0)),
-                                         (fm.Grant,), "grant")
+            grant, _ = feed_codec.decode(self._conn.recv(timeout=self._timeout), (fm.Grant,),
+                                         "grant")
         except rdma_comm.CommError as exc:
             raise FeedFailed(f"{where}: the driver did not say which workers take them: "
                              f"{exc}") from None
