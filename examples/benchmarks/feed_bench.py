@@ -617,6 +617,24 @@ def print_memory(args, m: dict) -> None:
               "(supervises the TF process)")
 
 
+def spark_session(master: str, name: str):
+    """The benchmarks' Spark application: ``master``, fail-fast barrier stages, reused Python
+    workers, no UI, no dynamic allocation; Spark on loopback unless the environment says."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    from tfos.driver.preflight import BARRIER_FAIL_FAST
+    builder = SparkSession.builder.master(master).appName(name)
+    for key, value in {**BARRIER_FAIL_FAST, "spark.python.worker.reuse": "true",
+                       "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                       "spark.dynamicAllocation.enabled": "false"}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=60_000)
@@ -645,25 +663,13 @@ def main() -> None:
     args.baseline_records = args.baseline_records or args.records
 
     load_before = os.getloadavg()[0]
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    from tfos.driver.preflight import BARRIER_FAIL_FAST
-
     def step(what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
     step("in-process tf.data")
     tfdata = inprocess_tfdata(args.records, args.epochs, args.batch)
     step(f"Spark session on {args.master}")
-    builder = SparkSession.builder.master(args.master).appName("tfos-feed-bench")
-    for key, value in {**BARRIER_FAIL_FAST, "spark.python.worker.reuse": "true",
-                       "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                       "spark.dynamicAllocation.enabled": "false"}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = spark_session(args.master, "tfos-feed-bench")
     memory = None
     try:
         step("caching the RDD and the DataFrame")

@@ -533,12 +533,7 @@ def main() -> None:
         return
 
     load_before = os.getloadavg()[0]
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark import cloudpickle
-    from pyspark.sql import SparkSession
-
-    from tfos.driver.preflight import BARRIER_FAIL_FAST
 
     # feed_bench's data makers run on the executors, which cannot import it: ship it by value.
     cloudpickle.register_pickle_by_value(feed_bench)
@@ -547,13 +542,7 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
     step(f"Spark session on {args.master}")
-    builder = SparkSession.builder.master(args.master).appName("tfos-inference-bench")
-    for key, value in {**BARRIER_FAIL_FAST, "spark.python.worker.reuse": "true",
-                       "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                       "spark.dynamicAllocation.enabled": "false"}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = feed_bench.spark_session(args.master, "tfos-inference-bench")
     with tempfile.TemporaryDirectory(prefix="inference-bench-") as tmp:
         try:
             step("caching the RDD and the DataFrame")
