@@ -158,3 +158,18 @@ def test_an_end_below_what_the_reader_took_or_above_what_arrived_is_refused():
         q.end_epoch(0, 3)
     with pytest.raises(FeedError, match="5 rows arrived, fewer than the 6"):
         q.end_epoch(0, 6)
+
+
+def test_epochs_this_node_never_saw_end_with_the_data_too():
+    # An inference feed whose rows all went to other nodes: this node's queue saw no epoch at
+    # all (or was opened after the driver's end_all). Its reader must stop, not wait forever.
+    q = FeedQueue("predict", 1 << 20)
+    q.end_of_data(1)
+    assert q.take(4, within_epoch=False, timeout=5) is None
+    assert q.done
+
+    q = FeedQueue("predict", 1 << 20)
+    q.put(chunk(1, 2, 7))            # the second inference pass sent rows here, the first none
+    q.end_of_data(1)
+    assert rows_of(q.take(4, within_epoch=False, timeout=5)) == [7, 8]
+    assert q.take(4, within_epoch=False, timeout=5) is None

@@ -157,11 +157,12 @@ class FeedQueue:
 
     def end_of_data(self, last_epoch: int) -> None:
         """No more data after ``last_epoch``; an epoch never announced (inference) ends with
-        what it received."""
+        what it received, also one of which no row came here (all went to other nodes)."""
         with self._cond:
             self._last_epoch = last_epoch
-            for number, epoch in self._epochs.items():
-                if number <= last_epoch and epoch.expected is None:
+            for number in range(self._current, last_epoch + 1):
+                epoch = self._epochs[number]
+                if epoch.expected is None:
                     epoch.expected = epoch.received
             self._cond.notify_all()
 
