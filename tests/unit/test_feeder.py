@@ -48,6 +48,13 @@ class InProcessFeedJobs:
     def cancel(self):
         self.cancels += 1
 
+    def inference(self, data, spec, output_schema):
+        """The results of every partition's inference, in order (Spark's job is lazy; this
+        one runs at once)."""
+        return [value for index, partition in enumerate(data)
+                for chunk in feed_task.infer_partition(spec, index, iter(partition))
+                for value in chunk["0"]]
+
 
 def rows(start: int, stop: int) -> list:
     return [(np.full(3, i, np.float32), i) for i in range(start, stop)]
@@ -161,3 +168,27 @@ def test_a_feed_task_of_an_epoch_the_driver_is_not_feeding_gets_no_workers(fed_c
     with pytest.raises(FeedFailed, match="feeding 2 workers needs the driver's lease endpoint"):
         feed_task.feed_training_partition(orphan, 0, rows(0, 3))
     finish(feeder, workers)
+
+
+def test_a_node_no_inference_row_reached_stops_reading_even_if_it_starts_after_the_end(
+        fed_cluster):
+    feeder, workers, _jobs = fed_cluster
+
+    def serve(worker):
+        feed = DataFeed(worker.server.queue("predict"), train_mode=False, timeout=30)
+        while not feed.should_stop():
+            batch = feed.next_batch(4)
+            if batch:
+                feed.batch_results([2 * row[1] for row in batch])
+    server = threading.Thread(target=serve, args=(workers[0],), daemon=True)
+    server.start()
+    # One partition: all its rows go to worker 0, none to worker 1.
+    results = feeder.inference(Partitions([rows(0, 10)]), feed_timeout=30, qname="predict")
+    assert results == [2 * i for i in range(10)]
+    finish(feeder, workers)
+    server.join(30)
+    assert not server.is_alive()
+    # Worker 1's map_fun opens the feed only now, after the driver ended every feed: it sees
+    # the end at once instead of waiting for rows of an epoch it never heard of.
+    late = DataFeed(workers[1].server.queue("predict"), train_mode=False, timeout=30)
+    assert late.next_batch(4) == [] and late.should_stop()
