@@ -5,6 +5,7 @@ import json
 import queue
 import re
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, tfos_processes
@@ -74,7 +75,12 @@ def test_quickstart_spark_notebook_trains_predicts_and_shows_node_output():
     assert re.search(r"TensorBoard: http://[\w.-]+:\d+/", everything), everything[-3000:]
     lines = node_lines(texts)
     assert any(line.endswith("Epoch 1/3") for line in lines), everything[-3000:]
-    assert any(re.search(r"chief:0 trained, loss", line) for line in lines)
+    # map_fun's own print() reaches the driver: its log of the chief's output has it. (Not
+    # checked in the cells: the chief prints it as the inference cell ends, and nbclient drops
+    # output the kernel publishes for a cell that already finished; Jupyter shows it there.)
+    log_dir = re.search(r"each node's complete output goes to (\S+)/<job>-<index>\.log",
+                        everything)[1]
+    assert "chief:0 trained, loss" in (Path(log_dir) / "chief-0.log").read_text()
     assert_no_tf_noise(lines)
     found = dict(re.findall(r"\|\[(1\.0, 1\.0|0\.5, 0\.0)\]\|\s*([-0-9.]+)\|", everything))
     assert float(found["1.0, 1.0"]) == pytest.approx(4.758, abs=0.05)
