@@ -3,7 +3,11 @@
 A message bounces between this process and an echo process (a thread, for loopback), from
 4 KiB to 256 MiB, over:
 
-* ``memcpy``: one numpy copy in this process, the ceiling of a one-copy transport;
+* ``memcpy``: one numpy copy in this process, the ceiling of a one-copy transport (numpy asks
+  for transparent huge pages for large arrays, which anonymous memory gets here);
+* ``memcpy shm``: the same copy between two shared-memory buffers, the kind of memory a
+  transport between processes copies into (shared memory gets no transparent huge pages here,
+  see /sys/kernel/mm/transparent_hugepage/shmem_enabled, so each 4 KiB page costs a TLB entry);
 * ``socketpair``: a plain Unix socket pair, Python ``sendall``/``recv_into``;
 * ``shm://``: the shm:// Comm (rdma.shm, over the core's shm link where rdma._core is
   built), its ring sized so every message fits;
@@ -13,8 +17,8 @@ A message bounces between this process and an echo process (a thread, for loopba
 * ``core loopback``: the compiled core's loopback carrier, both ends in this process.
 
 One-way time is half the median round trip (the echo forwards what it received, as is);
-bandwidth is size / one-way time. The last column is core alloc / memcpy bandwidth (issue 11's
-target: at least 0.5 at large sizes). Prints; asserts nothing::
+bandwidth is size / one-way time. The last columns are core alloc / memcpy bandwidth (issue
+11's target: at least 0.5 at large sizes) and core alloc / memcpy shm. Prints; asserts nothing::
 
     .venv/bin/python examples/benchmarks/p2p_bench.py [--sizes 4K,64K,1M,16M,256M] [--seconds 0.3]
 """
@@ -41,7 +45,8 @@ from rdma import core  # noqa: E402
 
 CTX = multiprocessing.get_context("spawn")
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-COLUMNS = ["memcpy", "socketpair", "shm://", "core shm", "core alloc", "core loopback"]
+COLUMNS = ["memcpy", "memcpy shm", "socketpair", "shm://", "core shm", "core alloc",
+           "core loopback"]
 _LENGTH = np.dtype("<u8")
 
 
@@ -129,6 +134,24 @@ def bench_memcpy(sizes, seconds):
         # one copy per one-way trip: a "round trip" is two copies
         out[size] = time_round_trips(
             lambda src=src, dst=dst: (np.copyto(dst, src), np.copyto(src, dst)), seconds)
+    return out
+
+
+def bench_memcpy_shm(sizes, seconds):
+    from multiprocessing import shared_memory
+    out = {}
+    for size in sizes:
+        blocks = [shared_memory.SharedMemory(create=True, size=max(size, 1)) for _ in range(2)]
+        try:
+            src, dst = (np.ndarray(size, np.uint8, block.buf) for block in blocks)
+            src[:] = 1
+            out[size] = time_round_trips(
+                lambda src=src, dst=dst: (np.copyto(dst, src), np.copyto(src, dst)), seconds)
+            del src, dst
+        finally:
+            for block in blocks:
+                block.close()
+                block.unlink()
     return out
 
 
@@ -239,13 +262,14 @@ def report(sizes, results, columns) -> None:
         print(f"{show(size):>10}" + "".join(f"{results[name][size] / 2 * 1e6:>{width}.1f}"
                                            for name in columns))
     print("\nbandwidth, GB/s (size / one-way time)")
-    ratio = "memcpy" in columns
+    ratios = ("memcpy", "memcpy shm") if "memcpy" in columns else ()
     print(f"{'size':>10}" + "".join(f"{name:>{width}}" for name in columns)
-          + (f"{'alloc/memcpy':>{width}}" if ratio else ""))
+          + "".join(f"{'alloc/' + name.replace(' ', '-'):>{width + 4}}" for name in ratios))
     for size in sizes:
         rates = {name: size / (results[name][size] / 2) / 1e9 for name in columns}
         print(f"{show(size):>10}" + "".join(f"{rates[name]:>{width}.2f}" for name in columns)
-              + (f"{rates['core alloc'] / rates['memcpy']:>{width}.2f}" if ratio else ""))
+              + "".join(f"{rates['core alloc'] / rates[name]:>{width + 4}.2f}"
+                        for name in ratios))
 
 
 def main() -> None:
@@ -262,7 +286,8 @@ def main() -> None:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     results = {}
     others = () if args.only_core_shm else (
-        ("memcpy", bench_memcpy), ("socketpair", bench_socketpair), ("shm://", bench_shm_comm),
+        ("memcpy", bench_memcpy), ("memcpy shm", bench_memcpy_shm),
+        ("socketpair", bench_socketpair), ("shm://", bench_shm_comm),
         ("core loopback", bench_core_loopback))
     for name, run in others:
         started = time.perf_counter()
