@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -152,3 +153,27 @@ def test_the_leftover_check_sees_running_nodes(spark_local_cluster_4x1):
             time.sleep(0.2)
         assert len(tfos_processes()) == 2, "the node processes must be visible to the check"
         cluster._stop_everything()
+
+
+def stuck_in_a_named_place(args, ctx):
+    if ctx.task_index == 1:
+        threading.Event().wait()    # never returns: shutdown's timeout stops it
+
+
+def test_a_node_that_outlives_shutdowns_timeout_shows_where_it_is_stuck(
+        spark_local_cluster_4x1):
+    from tfos.core.errors import ShutdownTimeout
+    stream = io.StringIO()
+    cluster = tfos.TFCluster.run(spark_local_cluster_4x1, stuck_in_a_named_place, {},
+                                 num_executors=2, log_stream=stream)
+    with pytest.raises(ShutdownTimeout, match=r"worker:1@\S+ were still running after "
+                                              r"timeout=3s; .* Python stacks"):
+        cluster.shutdown(timeout=3)
+    # The stuck node's stacks reached the driver before it was stopped; the other node, which
+    # returned, printed none.
+    lines = stream.getvalue().splitlines()
+    stuck = [line for line in lines if line.startswith("[worker:1@")]
+    assert any(re.search(r'File ".*test_launch\.py", line \d+ in stuck_in_a_named_place', line)
+               for line in stuck), stream.getvalue()[-3000:]
+    assert not any("most recent call first" in line for line in lines
+                   if line.startswith("[worker:0@"))

@@ -29,6 +29,7 @@ class NodeState(str, enum.Enum):
 class Command(str, enum.Enum):
     CONTINUE = "continue"
     STOP = "stop"
+    STOP_SHOWING_STACKS = "stop-showing-stacks"   # stop, the TF process printing its stacks first
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ from importlib import metadata
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# A TF process prints the Python stacks of all its threads on this signal (faulthandler, so
+# also while a thread is stuck in native code): its node task sends it when the driver stops
+# nodes that outlived shutdown's timeout.
+STACKS_SIGNAL = signal.SIGUSR1
 
 
 def python_version() -> str:
@@ -28,6 +32,12 @@ def tensorflow_version() -> str:
         return metadata.version("tensorflow")
     except metadata.PackageNotFoundError:
         return "none"
+
+
+def show_stacks_on_signal() -> None:
+    """Makes ``STACKS_SIGNAL`` print every thread's Python stack on stderr (and go on)."""
+    import faulthandler
+    faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
 
 
 def die_with_parent(expected_parent: int | None) -> bool:

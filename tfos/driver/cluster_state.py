@@ -95,6 +95,7 @@ class ClusterState:
         self.services: dict[str, str] = {}
         self.feed_uris: dict[int, list[str]] = {}   # node id -> its feed endpoint's addresses
         self.stop_requested = False
+        self.show_stacks = False   # the stop order asks for the TF processes' stacks first
         self.job_ended = False
         self.lost_node = False   # a node task fell silent: it cannot hear a stop order
 
@@ -159,7 +160,10 @@ class ClusterState:
                 if node.state != msg.state and m.NodeState.EXITED not in (node.state, msg.state):
                     node.state = msg.state
                     self.changed.notify_all()
-            return m.HeartbeatReply(m.Command.STOP if self.stop_requested else m.Command.CONTINUE)
+            if not self.stop_requested:
+                return m.HeartbeatReply(m.Command.CONTINUE)
+            return m.HeartbeatReply(m.Command.STOP_SHOWING_STACKS if self.show_stacks
+                                    else m.Command.STOP)
 
     def log_lines(self, msg: m.LogLines) -> m.Ack:
         node = self.nodes.get(msg.node_id)
@@ -336,10 +340,13 @@ class ClusterState:
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     running = [n.label for n in self.nodes.values() if not n.finished]
+                    # Where each one is stuck goes to its output as it is stopped.
+                    self.show_stacks = True
                     raise ShutdownTimeout(
                         f"nodes {', '.join(running)} were still running after timeout={timeout}s;"
-                        " they are being stopped. Raise shutdown(timeout=...) if training needs "
-                        "longer, or check their output above for a hang")
+                        " they are being stopped, each printing the Python stacks of its TF "
+                        "process first (in its output and log). Raise shutdown(timeout=...) if "
+                        "training needs longer; otherwise those stacks show where it hangs")
                 until_note = max(next_note - self._clock(), 0.05)
                 self.changed.wait(until_note if remaining is None else min(remaining, until_note))
             self._raise_on_failure("while running")

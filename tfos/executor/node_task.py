@@ -412,9 +412,11 @@ class NodeSupervisor:
                     continue
                 logger.error("stopping node %s: %s", self.role.label, exc)
                 reply = m.HeartbeatReply(m.Command.STOP)
-            if reply.command == m.Command.STOP and not self.stop_ordered.is_set():
-                self.stop_ordered.set()
-                threading.Thread(target=child.stop, name="tfos-stop", daemon=True).start()
+            if reply.command == m.Command.CONTINUE or self.stop_ordered.is_set():
+                continue
+            self.stop_ordered.set()
+            threading.Thread(target=child.stop, name="tfos-stop", daemon=True,
+                             args=(reply.command == m.Command.STOP_SHOWING_STACKS,)).start()
 
     def _report(self, status: m.NodeStatus) -> None:
         self._call(self.client.status, status)

@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 
-from tfos.core.runtime import hold_port
+from tfos.core.runtime import STACKS_SIGNAL, hold_port
 
 logger = logging.getLogger(__name__)
+STACKS_GRACE = 1.0   # seconds
 
 
 def guarded(command: list[str]) -> list[str]:
@@ -36,8 +37,15 @@ class ChildProcess:
                                       stderr=stderr, pass_fds=pass_fds, start_new_session=True)
         self.pid = self.popen.pid
 
-    def stop(self) -> int:
-        """Stops the process group (TERM, then KILL after the grace period); returns exit code."""
+    def stop(self, show_stacks: bool = False) -> int:
+        """Stops the process group (TERM, then KILL after the grace period); returns exit code.
+        With ``show_stacks`` the process first prints its threads' stacks (``STACKS_SIGNAL``),
+        given ``STACKS_GRACE`` seconds to write them before TERM could cut them off."""
+        if show_stacks:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, STACKS_SIGNAL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(STACKS_GRACE)
         self._signal_group(signal.SIGTERM)
         try:
             self.popen.wait(self.kill_grace)

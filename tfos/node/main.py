@@ -16,7 +16,7 @@ import traceback
 
 from tfos.core import launch
 from tfos.core.errors import ConfigError, ProtocolError
-from tfos.core.runtime import die_with_parent
+from tfos.core.runtime import die_with_parent, show_stacks_on_signal
 from tfos.node.context import NodeContext
 
 
@@ -29,6 +29,7 @@ def main() -> int:
     sys.stdin.close()
     if not die_with_parent(record.parent_pid):
         return 1
+    show_stacks_on_signal()
     ctx = NodeContext(record, secret)
     ctx.start_feed_server(secret)
     # Pickled by the Spark driver and handed over by our own parent (see tfos.core.launch).
