@@ -91,11 +91,17 @@ def choose(addresses: Sequence[str], same_host: bool = True) -> str:
     raise ConnectFailed(f"no address reachable from this host among {', '.join(addresses)}")
 
 
-def buffer_options(uri: str, receive_bytes: int | None) -> dict:
-    """The options that give a comm at ``uri`` a receive buffer of ``receive_bytes``."""
-    if receive_bytes is None or comm.parse_uri(uri)[0] != SHM:
+def buffer_options(uri: str, receive_bytes: int | None, send_bytes: int | None = None) -> dict:
+    """The options that give a comm at ``uri`` a receive buffer of ``receive_bytes`` and, with
+    ``send_bytes``, make messages up to that size go without waiting for the receiver
+    (``shm://``: its eager limit, whose staging area of twice that is memory of each new
+    connection)."""
+    if comm.parse_uri(uri)[0] != SHM:
         return {}
-    return {"capacity": receive_bytes}
+    options = {} if receive_bytes is None else {"capacity": receive_bytes}
+    if send_bytes is not None:
+        options["eager_max"] = send_bytes
+    return options
 
 
 def connect(addresses: Sequence[str], secret: bytes, timeout: float, *,

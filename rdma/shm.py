@@ -18,7 +18,7 @@ reused), which needs the receiver inside a call on the comm (``recv``, ``recv_in
 ``send``): two ends that both send a large message and only then receive must send from a
 thread of their own (rdma.collective does). A rendezvous send that timed out before it was
 cleared may be retried with the same message (it resumes); the feed's messages (at most
-``chunk_bytes``, 4 MiB, against rings of 16-64 MiB) all go eager.
+``chunk_bytes``, 1 MiB, against rings of 4 MiB and an eager limit just above it) all go eager.
 
 Why memfd and not multiprocessing.shared_memory: a memfd has no name. Nothing appears in
 /dev/shm, so nothing is left behind when a process is SIGKILLed (the memory goes with the

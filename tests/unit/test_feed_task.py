@@ -53,6 +53,20 @@ def test_small_records_still_travel_in_full_chunks(node):
     assert [stop - start for _, start, stop in chunks][:3] == [1, 1024, 1024]
 
 
+def test_rows_placed_together_go_in_messages_of_about_a_mebibyte(node):
+    # MNIST-shaped rows (3,144 bytes): 1,024 are read and placed at once (3.2 MB, under the
+    # 4 MiB lease size) and sent as 333 + 333 + 333 + 25 rows: a new connection's ring and
+    # staging stay small (fresh memory costs more than the copy, see feed_sizes).
+    server, endpoint = node
+    server.queue("input").announce_epoch(0, 3000)
+    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
+    assert feed_training_partition(spec, 0, ((np.zeros(784, np.float32), i)
+                                             for i in range(3000))) == 3000
+    chunks = server.queue("input").take(3000, within_epoch=True, timeout=10)
+    assert [stop - start for _, start, stop in chunks][:6] == [1, 333, 333, 333, 25, 333]
+    assert [int(i) for c, a, b in chunks for i in c.columns["1"][a:b]] == list(range(3000))
+
+
 def test_a_record_larger_than_the_ring_still_goes_through(node):
     server, endpoint = node   # 32 MiB buffer: an 8 MiB shm ring
     rows = 3

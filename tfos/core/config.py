@@ -22,7 +22,8 @@ class FeedSizes:
     buffer_bytes: int      # bytes a node queues per feed before its feeders block
     max_message: int       # largest message on a feed connection
     shm_ring_bytes: int    # the ring a node receives into from each same-host feeder
-    chunk_bytes: int       # target size of one message a feeder sends
+    chunk_bytes: int       # target size of one message a feeder sends (its eager limit)
+    lease_bytes: int       # target size of the rows a feeder asks the driver to place at once
     train_reply_bytes: int       # the ring a training feeder receives the node's answer into
     inference_reply_bytes: int   # ... and an inference feeder the results
 
@@ -30,20 +31,24 @@ class FeedSizes:
 def feed_sizes(buffer_bytes: int) -> FeedSizes:
     """The data plane's sizes for a node buffering ``buffer_bytes`` per feed.
 
-    Messages carry up to 4 MiB, and no more than a quarter of the buffer, so several are in
-    flight. A connection takes any chunk the buffer could take, plus its header, so an oversized
-    record meets the node's clear refusal rather than the transport's size limit. Each same-host
-    feeder's shared-memory ring is a quarter of the buffer within [4 MiB, 16 MiB] (four of the
-    largest messages keep both ends busy; a larger ring only costs page faults on every new
-    connection: 48 MB through a fresh 64 MiB ring took 45-50 ms, through 16 MiB 18-25 ms): a
-    node's feed memory is thus at most the buffer plus one ring per concurrent same-host feed
+    Messages carry up to 1 MiB, and no more than a quarter of the buffer, so several are in
+    flight; a feeder asks the driver where rows go (``tfos.core.feed_plan``) for up to 4 MiB of
+    them at once and sends them in messages of that size. A connection takes any chunk the
+    buffer could take, plus its header, so an oversized record meets the node's clear refusal
+    rather than the transport's size limit. Each same-host feeder's shared-memory ring is 4 MiB
+    (four messages in flight keep both ends busy) and its sender's staging area twice a message:
+    the memory of a new connection is fresh pages, which cost more than the copy itself (26 MB
+    through a new connection: 28 ms of the feeder's CPU with a 16 MiB ring, 3.2 MB messages and
+    16 MiB of staging; 6 ms with 4 MiB, 0.8 MB and 2 MiB; 1.5-3 ms through either once warm).
+    A node's feed memory is thus at most the buffer plus one ring per concurrent same-host feed
     task (a message larger than its ring still goes through, inline on the ring's socket).
     """
     return FeedSizes(
         buffer_bytes=buffer_bytes,
         max_message=max(256 << 20, buffer_bytes + (1 << 20)),
-        shm_ring_bytes=min(16 << 20, max(4 << 20, buffer_bytes // 4)),
-        chunk_bytes=max(1, min(4 << 20, buffer_bytes // 4)),
+        shm_ring_bytes=4 << 20,
+        chunk_bytes=max(1, min(1 << 20, buffer_bytes // 4)),
+        lease_bytes=max(1, min(4 << 20, buffer_bytes // 4)),
         train_reply_bytes=64 << 10,
         inference_reply_bytes=16 << 20)
 

@@ -264,8 +264,9 @@ class TFCluster:
         The data is read once per epoch (no counting pass; caching it only saves recomputing it
         in later epochs), and every worker gets the same number of records in each epoch: fewer
         records than there are workers are left out to keep them equal
-        (``tfos.core.feed_plan``), none reaches two workers. May be called again to feed more epochs or other data; the nodes'
-        ``DataFeed`` sees one stream of epochs on feed ``qname``. Returns, once every epoch was
+        (``tfos.core.feed_plan``), none reaches two workers. May be called again to feed more
+        epochs or other data; the nodes' ``DataFeed`` sees one stream of epochs on feed
+        ``qname``. Returns, once every epoch was
         taken in (or early when the nodes stop consuming), a list with one
         ``EpochFed(feed, epoch, per_worker, dropped, seconds)`` per epoch fed. A DStream is fed
         as it arrives: each non-empty micro-batch for ``num_epochs`` epochs (stop it with

@@ -34,6 +34,7 @@ from tfos.core.errors import DriverUnreachable, FeedDataError, FeedFailed
 from tfos.core.feed_rows import arrow_to_columns, rows_to_columns
 
 logger = logging.getLogger(__name__)
+_HEADER_SLACK = 64 << 10   # a message's header beyond its columns' bytes
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,32 @@ class _Connection:
         reply_bytes = (sizes.inference_reply_bytes if mode == fm.FeedMode.INFERENCE
                        else sizes.train_reply_bytes)
         try:
-            self.comm = rdma_comm.connect(uri, secret=spec.secret, timeout=spec.timeout,
-                                          max_message=sizes.max_message,
-                                          **peer.buffer_options(uri, reply_bytes))
+            self.comm = rdma_comm.connect(
+                uri, secret=spec.secret, timeout=spec.timeout, max_message=sizes.max_message,
+                **peer.buffer_options(uri, reply_bytes, sizes.chunk_bytes + _HEADER_SLACK))
         except rdma_comm.CommError as exc:
             raise self.lost(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
         self.comm.send(feed_codec.encode(fm.FeederHello(
             spec.feed, spec.epoch, mode, None if mode == fm.FeedMode.INFERENCE else partition)))
         self.sent = 0
         self._buffer_bytes = spec.buffer_bytes
+        self._message_bytes = sizes.chunk_bytes
 
     def send(self, columns: dict[str, np.ndarray], rows: int, partition: int,
              first_row: int, floor: int | None = None) -> None:
+        """Sends ``rows`` rows, in messages of about ``chunk_bytes`` each."""
         nbytes = sum(c.nbytes for c in columns.values())
+        step = max(1, self._message_bytes * rows // max(nbytes, 1))
+        if step >= rows:
+            return self._send(columns, rows, partition, first_row, floor, nbytes)
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            piece = {name: array[start:start + n] for name, array in columns.items()}
+            self._send(piece, n, partition, first_row + start, floor,
+                       sum(c.nbytes for c in piece.values()))
+
+    def _send(self, columns: dict[str, np.ndarray], rows: int, partition: int, first_row: int,
+              floor: int | None, nbytes: int) -> None:
         if nbytes > self._buffer_bytes:
             what = f"row {first_row}" if rows == 1 else f"rows {first_row}-{first_row + rows - 1}"
             raise FeedDataError(f"partition {partition}, {what}: {nbytes} bytes, more than the "
@@ -133,12 +147,13 @@ class _Connection:
 
 
 class _ChunkSizer:
-    """Rows per message: ``chunk_rows`` at most, fewer when rows are large, so that a message
-    stays near the data plane's ``chunk_bytes`` (``tfos.core.config.feed_sizes``)."""
+    """Rows read (and placed by one lease) at a time: ``chunk_rows`` at most, fewer when rows
+    are large, so that they stay near the data plane's ``lease_bytes``
+    (``tfos.core.config.feed_sizes``); ``_Connection.send`` cuts them into messages."""
 
     def __init__(self, spec: FeedSpec):
         self._max_rows = spec.chunk_rows
-        self._max_bytes = spec.sizes.chunk_bytes
+        self._max_bytes = spec.sizes.lease_bytes
         self.rows = 1  # the first message measures the row size
 
     def update(self, columns: dict[str, np.ndarray], rows: int) -> None:
