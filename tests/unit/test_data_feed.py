@@ -106,6 +106,15 @@ def test_dataset_gives_equal_epochs_to_keras_fit():
     assert len(history.history["loss"]) == 2
 
 
+def test_dataset_batches_are_whole_and_in_order_across_its_blocks_of_batches():
+    # 100 rows, batches of 8: TensorFlow gets blocks of BLOCK_BATCHES batches (64 rows) and
+    # slices them; the batches are the same as one at a time, the last one short.
+    feed = DataFeed(feeding([[30, 30, 40]], row_width=2))
+    labels = [[int(v) for v in y] for y in feed.dataset(8, ["label"])]   # one column: tensors
+    assert [len(b) for b in labels] == [8] * 12 + [4]
+    assert [v for b in labels for v in b] == list(range(100))
+
+
 def test_dataset_with_unknown_columns_names_them():
     with pytest.raises(FeedUsageError, match=r"no columns \['pixels'\]"):
         DataFeed(feeding([[2]])).dataset(2, columns=["pixels"])

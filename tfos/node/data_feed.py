@@ -15,6 +15,10 @@ import numpy as np
 from tfos.core.errors import FeedUsageError
 from tfos.node.feed_queue import Chunk, FeedQueue
 
+# dataset(): whole batches handed to TensorFlow per call of its generator, and their bytes.
+BLOCK_BATCHES = 8
+BLOCK_BYTES = 8 << 20
+
 
 class DataFeed:
     def __init__(self, queue: FeedQueue, train_mode: bool = True,
@@ -130,21 +134,35 @@ class DataFeed:
             named = "tensors" if self.input_mapping else "columns"
             raise FeedUsageError(f"dataset(columns={names}): the feed has no {named} {missing}; "
                                  f"it has {list(first)}")
-        specs = tuple(tf.TensorSpec((None,) + first[n].shape[1:], tf.as_dtype(first[n].dtype))
-                      for n in names)
+        # The generator hands TensorFlow blocks of up to BLOCK_BATCHES whole batches at once
+        # (shape [batches, batch_size, ...]), sliced into batches by tf.data: a Python call and
+        # a conversion per block rather than per batch, which is most of a batch's cost.
+        row_bytes = max(1, sum(first[n].itemsize * int(np.prod(first[n].shape[1:]))
+                               for n in names))
+        per_block = max(1, min(BLOCK_BATCHES, BLOCK_BYTES // (batch_size * row_bytes)))
+        specs = tuple(tf.TensorSpec((None, None) + first[n].shape[1:],
+                                    tf.as_dtype(first[n].dtype)) for n in names)
 
-        def batches():
+        def blocks():
             while True:
-                batch = self.next_columns(batch_size, within_epoch=True)
+                batch = self.next_columns(batch_size * per_block, within_epoch=True)
                 if not batch:
                     return
                 if self.input_mapping:
                     batch = self._mapped(batch)
-                values = tuple(batch[n] for n in names)
-                yield values[0] if len(values) == 1 else values
+                rows = len(batch[names[0]])
+                whole = rows // batch_size * batch_size
+                if whole:
+                    yield tuple(batch[n][:whole].reshape((-1, batch_size) + batch[n].shape[1:])
+                                for n in names)
+                if rows > whole:     # the epoch's last, short batch
+                    yield tuple(batch[n][whole:][None] for n in names)
+
+        def batches(*block):
+            return tf.data.Dataset.from_tensor_slices(block[0] if len(block) == 1 else block)
 
         dataset = tf.data.Dataset.from_generator(
-            batches, output_signature=specs[0] if len(specs) == 1 else specs)
+            blocks, output_signature=specs).flat_map(batches)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.OFF
