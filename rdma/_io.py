@@ -137,12 +137,6 @@ class Channel:
             raise self._lost(f"{what} {self.peer}: connection lost ({error}); the peer "
                              "closed it or its process ended") from None
 
-    def quiet(self) -> bool:
-        """True when the socket has nothing to read and no hang-up or error pending."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN | select.POLLRDHUP | _POLL_ERR)
-        return not poller.poll(0)
-
     def close(self) -> None:
         try:
             self.sock.close()

@@ -95,12 +95,6 @@ class Comm(abc.ABC):
         """True once close() was called or the connection was found broken."""
         return self._closed
 
-    def idle_usable(self) -> bool:
-        """For a comm that sat idle (nothing unread expected): False when it is closed or the
-        peer has hung up or sent something, so a caller that keeps comms for later use opens
-        a new one instead of finding out halfway through its next message."""
-        return not self._closed
-
     def __enter__(self):
         return self
 

@@ -201,10 +201,6 @@ class LinkComm(Comm):
     def recv_into(self, buffer, timeout: float | None = None) -> int:
         return self._live().recv_into(buffer, timeout)
 
-    def idle_usable(self) -> bool:
-        # The set-up socket hangs up with the peer (its carrier watches a duplicate of it).
-        return self._link is not None and self._out.quiet()
-
     def stats(self) -> dict:
         """The engine's counters (eager and rendezvous messages, credits, bytes staged)."""
         return self._live().stats()

@@ -119,9 +119,6 @@ class TcpComm(Comm):
             self._chan.broken = f"{self.peer_address} sent a malformed frame: {error}"
             raise FrameError(f"from {self.peer_address}: {error}") from None
 
-    def idle_usable(self) -> bool:
-        return not self._closed and self._chan.quiet()
-
     def close(self) -> None:
         with self._close_lock:
             if self._closed:

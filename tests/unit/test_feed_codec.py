@@ -53,12 +53,12 @@ def test_every_feed_message_round_trips_and_decodes_only_as_what_the_reader_expe
 
 
 @pytest.mark.parametrize("header, match", [
-    ({"v": 1, "type": "Batch", "body": {"rows": 1}}, "protocol version 1 is not 3"),
-    ({"v": 3, "type": "Batch", "body": {"rows": -1}}, r"Batch\.rows must be a non-negative integer"),
-    ({"v": 3, "type": "Batch", "body": {"rows": 1, "floor": -3}},
+    ({"v": 1, "type": "Batch", "body": {"rows": 1}}, "protocol version 1 is not 2"),
+    ({"v": 2, "type": "Batch", "body": {"rows": -1}}, r"Batch\.rows must be a non-negative integer"),
+    ({"v": 2, "type": "Batch", "body": {"rows": 1, "floor": -3}},
      r"Batch\.floor must be a non-negative integer"),
-    ({"v": 3, "type": "Batch", "body": {"rows": 1, "secret": 1}}, "no fields"),
-    ({"v": 3, "type": "EndAll", "body": {"feeds": {"input": "3"}}}, r"EndAll\.feeds\['input'\] must be int"),
+    ({"v": 2, "type": "Batch", "body": {"rows": 1, "secret": 1}}, "no fields"),
+    ({"v": 2, "type": "EndAll", "body": {"feeds": {"input": "3"}}}, r"EndAll\.feeds\['input'\] must be int"),
     ({"kind": "batch", "meta": {"rows": 1}}, "envelope"),
 ])
 def test_feed_headers_are_typed_and_versioned(header, match):

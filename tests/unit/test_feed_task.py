@@ -67,27 +67,6 @@ def test_rows_placed_together_go_in_messages_of_about_a_mebibyte(node):
     assert [int(i) for c, a, b in chunks for i in c.columns["1"][a:b]] == list(range(3000))
 
 
-def test_the_next_feed_task_of_a_python_worker_reuses_its_connection(node):
-    # A new connection costs its handshake and fresh shared memory: a feed task that ended
-    # cleanly leaves its connection for the next one, which the node serves on it.
-    server, endpoint = node
-    server.queue("input").announce_epoch(0, 200)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
-    rows = [(np.zeros(4, np.float32), i) for i in range(200)]
-    assert feed_training_partition(spec, 0, rows[:100]) == 100
-    first = set(server._conns)
-    assert feed_training_partition(spec, 1, rows[100:]) == 100
-    assert server._conns == first and len(first) == 1
-    chunks = server.queue("input").take(200, within_epoch=True, timeout=10)
-    assert [int(i) for c, a, b in chunks for i in c.columns["1"][a:b]] == list(range(200))
-    # A broken idle connection is not used: the next task opens a new one.
-    next(iter(first)).close()
-    server.queue("input").announce_epoch(1, 10)
-    again = FeedSpec("input", 1, (endpoint,), SECRET, True, timeout=60)
-    assert feed_training_partition(again, 0, rows[:10]) == 10
-    assert len(server._conns) == 1 and server._conns != first
-
-
 def test_a_record_larger_than_the_ring_still_goes_through(node):
     server, endpoint = node   # 32 MiB buffer: an 8 MiB shm ring
     rows = 3

@@ -335,13 +335,9 @@ def _opts(address: str) -> dict:
 
 
 def feed(address: str, values, secret: bytes = SECRET) -> str:
-    """A correct feeder: hello, one batch of ``values``, end; returns the node's answer (to
-    the hello when that is not ``ok``, else to the end)."""
+    """A correct feeder: hello, one batch of ``values``, end; returns the node's answer."""
     with rdma.connect(address, secret, timeout=5, **_opts(address)) as comm:
         comm.send(feed_codec.encode(fm.FeederHello("input", 0, fm.FeedMode.TRAIN)))
-        greeting = kind_of(comm.recv(timeout=5))
-        if greeting != "ok":
-            return greeting
         comm.send(feed_codec.encode(fm.Batch(len(values)),
                                     {"x": np.asarray(values, dtype=np.int64)}))
         comm.send(feed_codec.encode(fm.End(len(values))))
@@ -460,9 +456,9 @@ def test_a_recorded_tcp_feed_session_cannot_be_replayed(feed_server):
         recorded = client_handshake(sock, SECRET, os.urandom(handshake.NONCE_SIZE)) + frames
         sock.sendall(frames)
         decoder, replies = framing.FrameDecoder(), []
-        while len(replies) < 2:
-            replies += decoder.feed(sock.recv(4096))
-    assert [kind_of(r) for r in replies] == ["ok", "done"]
+        while not replies:
+            replies = decoder.feed(sock.recv(4096))
+    assert kind_of(replies[0]) == "done"
     assert fed_rows(feed_server) == [7, 8]
     with raw_connect(address) as sock:
         sock.sendall(recorded)
@@ -539,8 +535,6 @@ def test_feed_answers_authenticated_malformed_messages_with_an_error(feed_server
         for message in messages:
             comm.send(message)
         answer, _ = feed_codec.decode(comm.recv(timeout=5))
-        if isinstance(answer, fm.Ok) and messages[0] is HELLO:   # a training hello's answer
-            answer, _ = feed_codec.decode(comm.recv(timeout=5))
         assert isinstance(answer, fm.Error)
         assert re.search(reason, answer.message), answer.message
         with pytest.raises(CommClosed):       # and the node hung up
@@ -558,7 +552,6 @@ def test_feed_never_unpickles_what_arrives(feed_server, feed_address, tmp_path):
         assert kind_of(comm.recv(timeout=5)) == "error"
     with rdma.connect(feed_address, SECRET, timeout=5, **_opts(feed_address)) as comm:
         comm.send(HELLO)
-        assert kind_of(comm.recv(timeout=5)) == "ok"
         comm.send(header)                      # a pickle as a column of bytes: just bytes
         assert kind_of(comm.recv(timeout=5)) == "error"   # 1 row vs len(payload)
     assert not marker.exists()

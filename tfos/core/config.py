@@ -40,9 +40,8 @@ def feed_sizes(buffer_bytes: int) -> FeedSizes:
     the memory of a new connection is fresh pages, which cost more than the copy itself (26 MB
     through a new connection: 28 ms of the feeder's CPU with a 16 MiB ring, 3.2 MB messages and
     16 MiB of staging; 6 ms with 4 MiB, 0.8 MB and 2 MiB; 1.5-3 ms through either once warm).
-    A node's feed memory is thus at most the buffer plus one ring per same-host Python worker
-    that fed it (a feed task leaves its connection open for its worker's next task; a message
-    larger than its ring still goes through, inline on the ring's socket).
+    A node's feed memory is thus at most the buffer plus one ring per concurrent same-host feed
+    task (a message larger than its ring still goes through, inline on the ring's socket).
     """
     return FeedSizes(
         buffer_bytes=buffer_bytes,

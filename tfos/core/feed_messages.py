@@ -6,10 +6,9 @@ sent by ``tfos.core.feed_codec`` as a strict JSON header (``tfos.core.wire``) fo
 raw buffers of its columns:
 
 - a feeder (a Spark feed task, ``tfos.executor.feed_task``): ``FeederHello``, then ``Batch``
-  messages with columns, then ``End``. Training: the node answers the hello with ``Ok`` and
-  the end with ``Done`` once it took everything, and the feeder may start over with another
-  ``FeederHello`` on the same connection (its Python worker's next feed task). Inference: the
-  node streams ``Results`` with the columns of each batch's results, in order.
+  messages with columns, then ``End``. The node answers ``Done`` once it took everything
+  (training), or streams ``Results`` with the columns of each batch's results, in order
+  (inference).
 - the driver (``tfos.driver.feeder``): ``DriverHello``, then ``EpochStart`` before each
   epoch; after its feed job, ``EpochQuery`` (the node answers ``EpochCount``) and ``EpochEnd``
   with the length every worker keeps; ``EpochCut`` when an epoch's feed job failed (the epoch
@@ -22,7 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-VERSION = 3
+VERSION = 2
 
 
 class FeedMode(str, enum.Enum):
@@ -187,6 +186,6 @@ class Error:
 HELLOS = (FeederHello, DriverHello)
 FROM_FEEDER = (Batch, End)
 FROM_DRIVER = (EpochStart, EpochQuery, EpochEnd, EpochCut, EndAll)
-TO_FEEDER = (Ok, Done, Results, Error)
+TO_FEEDER = (Done, Results, Error)
 TO_DRIVER = (Ok, EpochCount, Error)
 ALL = HELLOS + FROM_FEEDER + FROM_DRIVER + (Done, Results, EpochCount, Ok, Error, Lease, Grant)

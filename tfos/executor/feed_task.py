@@ -65,67 +65,6 @@ class FeedSpec:
         return feed_sizes(self.buffer_bytes)
 
 
-class _Idle:
-    """Training connections (to nodes, and to the driver's lease endpoint) that a feed task
-    finished with cleanly, kept for the next feed task of this Python worker (Spark reuses its
-    Python workers): a new connection costs its handshake and fresh shared memory, which
-    cost more than the copies of a task's rows (see ``feed_sizes``). Only the latest
-    cluster's are kept: taking one for a cluster closes those of any other."""
-
-    MAX_IDLE = 8     # a Python worker runs one task at a time: one per node, and the driver's
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._secret: bytes | None = None
-        self._comms: list[tuple[str, object]] = []     # (address, comm), oldest first
-
-    def take(self, address: str, secret: bytes):
-        with self._lock:
-            stale = []
-            if secret != self._secret:
-                stale, self._comms, self._secret = self._comms, [], secret
-            found = next((i for i, (a, _) in enumerate(self._comms) if a == address), None)
-            comm = None if found is None else self._comms.pop(found)[1]
-        for _, old in stale:
-            old.close()
-        return comm
-
-    def give(self, address: str, secret: bytes, comm) -> None:
-        with self._lock:
-            if secret != self._secret:
-                stale = [(address, comm)]
-            else:
-                self._comms.append((address, comm))
-                stale, self._comms = (self._comms[:-self.MAX_IDLE],
-                                      self._comms[-self.MAX_IDLE:])
-        for _, old in stale:
-            old.close()
-
-
-_idle = _Idle()
-
-
-def _open(address: str, secret: bytes, greet, connect):
-    """A comm to ``address`` on which ``greet(comm)`` went through: an idle one when it still
-    works, else a new one from ``connect()``."""
-    comm = _idle.take(address, secret)
-    if comm is not None and comm.idle_usable():
-        try:
-            greet(comm)
-            return comm
-        except rdma_comm.CommError:   # the peer went away since; a new connection says why
-            pass
-    if comm is not None:
-        comm.close()
-    comm = connect()
-    try:
-        greet(comm)
-    except BaseException:
-        comm.close()
-        raise
-    return comm
-
-
 class _Connection:
     """One feed task's connection to one node."""
 
@@ -142,37 +81,14 @@ class _Connection:
         # A training feeder receives only short answers, an inference feeder result chunks.
         reply_bytes = (sizes.inference_reply_bytes if mode == fm.FeedMode.INFERENCE
                        else sizes.train_reply_bytes)
-        hello = feed_codec.encode(fm.FeederHello(
-            spec.feed, spec.epoch, mode, None if mode == fm.FeedMode.INFERENCE else partition))
-
-        def connect():
-            return rdma_comm.connect(
+        try:
+            self.comm = rdma_comm.connect(
                 uri, secret=spec.secret, timeout=spec.timeout, max_message=sizes.max_message,
                 **peer.buffer_options(uri, reply_bytes, sizes.chunk_bytes + _HEADER_SLACK))
-
-        self._uri = uri
-        self._refusal: str | None = None
-
-        def greet(comm):
-            """The hello, and in training the node's answer: it is there and serving."""
-            comm.send(hello)
-            if mode == fm.FeedMode.TRAIN:
-                answer, _ = feed_codec.decode(comm.recv(timeout=spec.timeout), fm.TO_FEEDER,
-                                              "node answer")
-                if isinstance(answer, fm.Error):
-                    self._refusal = answer.message or "refused the feed"
-
-        try:
-            if mode == fm.FeedMode.TRAIN:     # the node serves one training feeder after another
-                self.comm = _open(uri, spec.secret, greet, connect)
-            else:
-                self.comm = connect()
-                greet(self.comm)
         except rdma_comm.CommError as exc:
             raise self.lost(f"cannot reach node {self.endpoint.label} at {uri}: {exc}") from None
-        if self._refusal is not None:
-            self.comm.close()
-            raise FeedFailed(self._why(self._refusal))
+        self.comm.send(feed_codec.encode(fm.FeederHello(
+            spec.feed, spec.epoch, mode, None if mode == fm.FeedMode.INFERENCE else partition)))
         self.sent = 0
         self._buffer_bytes = spec.buffer_bytes
         self._message_bytes = sizes.chunk_bytes
@@ -214,8 +130,7 @@ class _Connection:
             raise FeedFailed(self._why(f"closed the feed before confirming ({exc})")) from None
         if isinstance(answer, fm.Error):
             raise FeedFailed(self._why(answer.message or "refused the data"))
-        _idle.give(self._uri, self._spec.secret, self.comm)
-        self.comm = None
+        self.comm.close()
 
     def _why(self, what: str) -> str:
         return f"node {self.endpoint.label} {what}"
@@ -257,11 +172,10 @@ def feed_training_partition(spec: FeedSpec, partition: int, rows: Iterable) -> i
         sent = _send_chunks(spec, partition, source, connections, leases)
     except BaseException:
         for conn in connections.values():   # the node sees the end at once, not at GC
-            if conn.comm is not None:      # (None: finished, and left for the next task)
-                conn.comm.close()
-        leases.close()
+            conn.comm.close()
         raise
-    leases.close(keep=True)
+    finally:
+        leases.close()
     return sent
 
 
@@ -310,19 +224,15 @@ class _Leases:
         if len(spec.workers) == 1:
             return lambda: (((0, rows),), None)
         where = f"partition {self._partition}, rows {offset}-{offset + rows - 1}"
-        question = feed_codec.encode(fm.Lease(spec.feed, spec.epoch, self._partition, offset,
-                                              rows))
         try:
             if self._conn is None:
                 if spec.lease_address is None:
                     raise FeedFailed(f"{where}: feeding {len(spec.workers)} workers needs the "
                                      "driver's lease endpoint, and the feed spec names none")
-                self._conn = _open(spec.lease_address, spec.secret,
-                                   lambda comm: comm.send(question),
-                                   lambda: rdma_comm.connect(spec.lease_address, spec.secret,
-                                                             timeout=self._timeout))
-            else:
-                self._conn.send(question)
+                self._conn = rdma_comm.connect(spec.lease_address, spec.secret,
+                                               timeout=self._timeout)
+            self._conn.send(feed_codec.encode(fm.Lease(spec.feed, spec.epoch, self._partition,
+                                                       offset, rows)))
         except rdma_comm.CommError as exc:
             raise FeedFailed(f"{where}: could not ask the driver at {spec.lease_address} which "
                              f"workers take them: {exc}") from None
@@ -345,15 +255,9 @@ class _Leases:
                              "driver and this executor run different tfos versions")
         return pieces, grant.floor
 
-    def close(self, keep: bool = False) -> None:
-        """Closes the connection, or with ``keep`` (every question answered) leaves it idle
-        for this worker's next feed task."""
+    def close(self) -> None:
         if self._conn is not None:
-            if keep:
-                _idle.give(self._spec.lease_address, self._spec.secret, self._conn)
-            else:
-                self._conn.close()
-            self._conn = None
+            self._conn.close()
 
 
 class _RowSource:

@@ -56,7 +56,6 @@ class FeedServer:
         self._ended: dict[str, int] | None = None        # set by the driver's end_all
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._conns: set = set()      # open connections (a feeder's may idle between tasks)
         sizes = feed_sizes(buffer_bytes)
         # Each same-host feeder's ring counts against the node's feed memory: see feed_sizes.
         self._listeners = [peer.listen(uri, secret, receive_bytes=sizes.shm_ring_bytes,
@@ -106,9 +105,6 @@ class FeedServer:
         with self._lock:
             for q in self._queues.values():
                 q.terminate()
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:
-            conn.close()
 
     # -- stall detection ------------------------------------------------------------------------
     def _watch_stalls(self, timeout: float, on_stall: Callable[[str], None]) -> None:
@@ -129,26 +125,16 @@ class FeedServer:
 
     # -- connections --------------------------------------------------------------------------
     def _serve(self, conn) -> None:
-        with self._lock:
-            if self._closed.is_set():
-                conn.close()
-                return
-            self._conns.add(conn)
         with conn:
             try:
                 hello, _ = self._recv(conn, fm.ALL, "feed message")
                 if isinstance(hello, fm.DriverHello):
                     self._serve_driver(conn)
-                    return
-                # A training feeder's connection takes one feed task after another (a Python
-                # worker keeps it for its next task: see feed_task._Idle); it ends when closed.
-                while isinstance(hello, fm.FeederHello):
+                elif isinstance(hello, fm.FeederHello):
                     self._serve_feeder(conn, hello)
-                    if hello.mode == fm.FeedMode.INFERENCE:
-                        return
-                    hello, _ = self._recv(conn, fm.ALL, "feed message")
-                raise ProtocolError(f"a feed connection must start with hello (FeederHello "
-                                    f"or DriverHello), not {type(hello).__name__}")
+                else:
+                    raise ProtocolError(f"a feed connection must start with hello (FeederHello "
+                                        f"or DriverHello), not {type(hello).__name__}")
             except self._comm.CommClosed:
                 pass
             except (ProtocolError, FeedError) as exc:
@@ -156,9 +142,6 @@ class FeedServer:
                 self._send_error(conn, str(exc))
             except self._comm.CommError as exc:   # a malformed frame, a timeout
                 logger.error("feed connection from %s broke: %s", conn.peer_address, exc)
-            finally:
-                with self._lock:
-                    self._conns.discard(conn)
 
     @staticmethod
     def _recv(conn, expected, what: str):
@@ -194,8 +177,6 @@ class FeedServer:
         inference = hello.mode == fm.FeedMode.INFERENCE
         partition = None if inference else hello.partition
         reply_lock = threading.Lock()
-        if not inference:
-            conn.send(feed_codec.encode(fm.Ok()))   # here and serving (a reused connection)
 
         def reply(columns):
             with reply_lock:
