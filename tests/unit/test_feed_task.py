@@ -43,28 +43,25 @@ def test_records_larger_than_a_chunk_are_sent_in_smaller_messages(node):
     assert received == list(range(rows))
 
 
-def test_small_records_still_travel_in_full_chunks(node):
+# Small records travel in full chunks of 1,024 rows. MNIST-shaped rows (3,144 bytes): 1,024
+# are read and placed at once (3.2 MB, under the 4 MiB lease size) and sent as 333 + 333 + 333
+# + 25 rows, so a new connection's ring and staging stay small (fresh memory costs more than
+# the copy, see feed_sizes).
+@pytest.mark.parametrize("width, rows, first_messages", [
+    (4, 5000, [1, 1024, 1024]),
+    (784, 3000, [1, 333, 333, 333, 25, 333]),
+])
+def test_rows_go_in_chunks_and_large_ones_in_messages_of_about_a_mebibyte(node, width, rows,
+                                                                            first_messages):
     server, endpoint = node
-    server.queue("input").announce_epoch(0, 5000)
+    server.queue("input").announce_epoch(0, rows)
     spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
-    assert feed_training_partition(spec, 0, ((np.zeros(4, np.float32), i)
-                                             for i in range(5000))) == 5000
-    chunks = server.queue("input").take(5000, within_epoch=True, timeout=10)
-    assert [stop - start for _, start, stop in chunks][:3] == [1, 1024, 1024]
-
-
-def test_rows_placed_together_go_in_messages_of_about_a_mebibyte(node):
-    # MNIST-shaped rows (3,144 bytes): 1,024 are read and placed at once (3.2 MB, under the
-    # 4 MiB lease size) and sent as 333 + 333 + 333 + 25 rows: a new connection's ring and
-    # staging stay small (fresh memory costs more than the copy, see feed_sizes).
-    server, endpoint = node
-    server.queue("input").announce_epoch(0, 3000)
-    spec = FeedSpec("input", 0, (endpoint,), SECRET, True, timeout=60)
-    assert feed_training_partition(spec, 0, ((np.zeros(784, np.float32), i)
-                                             for i in range(3000))) == 3000
-    chunks = server.queue("input").take(3000, within_epoch=True, timeout=10)
-    assert [stop - start for _, start, stop in chunks][:6] == [1, 333, 333, 333, 25, 333]
-    assert [int(i) for c, a, b in chunks for i in c.columns["1"][a:b]] == list(range(3000))
+    assert feed_training_partition(spec, 0, ((np.zeros(width, np.float32), i)
+                                             for i in range(rows))) == rows
+    chunks = server.queue("input").take(rows, within_epoch=True, timeout=10)
+    sizes = [stop - start for _, start, stop in chunks]
+    assert sizes[:len(first_messages)] == first_messages
+    assert [int(i) for c, a, b in chunks for i in c.columns["1"][a:b]] == list(range(rows))
 
 
 def test_a_record_larger_than_the_ring_still_goes_through(node):
