@@ -10,6 +10,7 @@ each tfos carrier over TensorFlow's. Asserts nothing. Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -119,11 +120,18 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'procs':>5} {'MiB':>5} {'TF RING ms':>11} {'tfos shm ms':>12} {'tfos tcp ms':>12} "
           f"{'shm speed-up':>13} {'tcp speed-up':>13}")
+    # A host without TensorFlow (a GPU or RDMA host checked by scripts/host_checks.sh) still
+    # gets tfos's own times, with TensorFlow's column left empty.
+    with_tf = importlib.util.find_spec("tensorflow") is not None
     for procs in map(int, args.procs.split(",")):
         for size in map(int, args.sizes_mb.split(",")):
-            tf_s = tensorflow_allreduce(procs, size, args.repeats)
+            tf_s = tensorflow_allreduce(procs, size, args.repeats) if with_tf else None
             shm_s = tfos_allreduce(procs, size, args.repeats, "shm")
             tcp_s = tfos_allreduce(procs, size, args.repeats, "tcp")
+            if tf_s is None:
+                print(f"{procs:>5} {size:>5} {'(no TF)':>11} {shm_s * 1e3:>12.1f} "
+                      f"{tcp_s * 1e3:>12.1f}", flush=True)
+                continue
             print(f"{procs:>5} {size:>5} {tf_s * 1e3:>11.1f} {shm_s * 1e3:>12.1f} "
                   f"{tcp_s * 1e3:>12.1f} {tf_s / shm_s:>12.2f}x {tf_s / tcp_s:>12.2f}x",
                   flush=True)

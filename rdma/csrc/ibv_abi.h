@@ -2,7 +2,7 @@
  * carrier compiles on hosts without rdma-core's headers and binds the library at run time.
  *
  * Layouts are those of rdma-core's public <infiniband/verbs.h> (stable since the IBVERBS_1.1
- * symbol version; checked field by field against rdma-core 44 by tests/unit/
+ * symbol version; checked field by field against rdma-core 44 and a later release by tests/unit/
  * test_verbs_carrier.py where that header is installed). Only what the carrier touches is
  * spelled out; the rest of each struct is kept as padding of the right size and alignment, and
  * structs the carrier only passes around stay opaque. Names are the ABI's own, so this header

@@ -386,6 +386,17 @@ static void shm_interrupt(tfos_nic *nic) {
     futex_wake(&n->mine->wake);
 }
 
+/* The engine is about to free its regions: the peer is told the link is closed first, so a
+ * write of its that finds one of them gone reports the close, not an unregistered key. What
+ * we wrote is in the peer's own arena and what it wrote to us we no longer read: nothing is
+ * lost by saying so early. */
+static void shm_quiesce(tfos_nic *nic) {
+    shm_nic *n = (shm_nic *)nic;
+    if (!n->mine) return;
+    atomic_store_explicit(&n->mine->closed, 1, memory_order_release);
+    if (n->theirs) futex_wake(&n->theirs->wake);
+}
+
 static void shm_destroy(tfos_nic *nic) {
     shm_nic *n = (shm_nic *)nic;
     if (n->mine) {
@@ -411,6 +422,7 @@ static const tfos_nic_ops SHM_OPS = {
     .interrupt = shm_interrupt,
     .destroy = shm_destroy,
     .any_source = 1,   /* write() is a memcpy: any memory of this process is a fine source */
+    .quiesce = shm_quiesce,
 };
 
 /* -- set-up ------------------------------------------------------------------------------ */
