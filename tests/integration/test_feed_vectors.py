@@ -3,27 +3,33 @@ array<float> columns reach the TF nodes as fixed-shape 2-D tensors with every va
 import os
 
 import numpy as np
+import pytest
 
 import tfos
 
 ROWS, SIZE, WIDTH = 120, 5, 3
 
 
+# Each feed and the dtype its vector columns arrive in: train()'s default, and the exact one.
+FEEDS = {"input": "float32", "exact": "float64"}
+
+
 def read_tensors(args, ctx):
-    """Reads the feed as tf.data batches, checks each tensor's dtype and shape, and saves what
+    """Reads each feed as tf.data batches, checks each tensor's dtype and shape, and saves what
     arrived for the driver to compare."""
     import tensorflow as tf
-    feed = ctx.get_data_feed()
     names = ["id", "assembled", "made", "arr"]
-    got = {name: [] for name in names}
-    for batch in feed.dataset(args["batch"], columns=names):
-        ids, assembled, made, arr = batch
-        rows = int(ids.shape[0])
-        assert assembled.dtype == tf.float64 and tuple(assembled.shape) == (rows, SIZE)
-        assert made.dtype == tf.float64 and tuple(made.shape) == (rows, SIZE)
-        assert arr.dtype == tf.float32 and tuple(arr.shape) == (rows, WIDTH)
-        for name, tensor in zip(names, batch):
-            got[name].append(tensor.numpy())
+    got = {}
+    for qname, vector_dtype in FEEDS.items():
+        feed = ctx.get_data_feed(qname_in=qname)
+        for batch in feed.dataset(args["batch"], columns=names):
+            ids, assembled, made, arr = batch
+            rows = int(ids.shape[0])
+            assert assembled.dtype == made.dtype == tf.as_dtype(vector_dtype), qname
+            assert tuple(assembled.shape) == tuple(made.shape) == (rows, SIZE)
+            assert arr.dtype == tf.float32 and tuple(arr.shape) == (rows, WIDTH)
+            for name, tensor in zip(names, batch):
+                got.setdefault(f"{qname}_{name}", []).append(tensor.numpy())
     np.savez(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.npz"),
              **{name: np.concatenate(parts) for name, parts in got.items()})
 
@@ -72,14 +78,22 @@ def test_vector_and_array_columns_arrive_as_fixed_shape_tensors(spark_local_clus
     with tfos.TFCluster.run(spark_local_cluster_4x1, read_tensors,
                             {"out": str(tmp_path), "batch": 16}, num_executors=2,
                             input_mode=tfos.InputMode.SPARK, log_stream=None) as cluster:
-        cluster.train(df, 1)
+        fed = cluster.train(df, 1)                               # vectors as float32
+        exact = cluster.train(df, 1, qname="exact", vector_dtype="float64")
+        with pytest.raises(tfos.ConfigError, match=r"vector_dtype='float16': pass one of "
+                                                   r"float32, float64"):
+            cluster.train(df, 1, qname="exact", vector_dtype="float16")
         cluster.shutdown(timeout=120)
+    assert [e.per_worker for e in fed + exact] == [ROWS // 2] * 2
     parts = [np.load(p) for p in sorted(tmp_path.glob("*.npz"))]
-    assert len(parts) == 2 and all(len(p["id"]) == ROWS // 2 for p in parts)
+    assert len(parts) == 2
     got = {name: np.concatenate([p[name] for p in parts]) for name in parts[0].files}
-    order = np.argsort(got["id"])
     ids, inputs, made, arr = expected_rows()
-    np.testing.assert_array_equal(got["id"][order], ids)
-    np.testing.assert_array_equal(got["assembled"][order], inputs)
-    np.testing.assert_array_equal(got["made"][order], made)
-    np.testing.assert_array_equal(got["arr"][order], arr)
+    for qname, vector_dtype in FEEDS.items():
+        order = np.argsort(got[f"{qname}_id"])
+        np.testing.assert_array_equal(got[f"{qname}_id"][order], ids)
+        for name, want in (("assembled", inputs), ("made", made)):
+            np.testing.assert_array_equal(got[f"{qname}_{name}"][order],
+                                          want.astype(vector_dtype))
+        np.testing.assert_array_equal(got[f"{qname}_arr"][order], arr)
+

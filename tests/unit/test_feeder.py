@@ -192,3 +192,13 @@ def test_a_node_no_inference_row_reached_stops_reading_even_if_it_starts_after_t
     # the end at once instead of waiting for rows of an epoch it never heard of.
     late = DataFeed(workers[1].server.queue("predict"), train_mode=False, timeout=30)
     assert late.next_batch(4) == [] and late.should_stop()
+
+
+def test_vector_dtype_is_checked_and_only_dataframes_are_converted():
+    from tfos import ConfigError
+    from tfos.driver.feed_jobs import vectors_as
+    rows = [(np.zeros(3), 1)]
+    assert vectors_as(rows, "float32") is rows and vectors_as(rows, "float64") is rows
+    with pytest.raises(ConfigError, match=r"vector_dtype='float16': pass one of float32, "
+                                          r"float64 \(the dtype Spark ML vector columns"):
+        vectors_as(rows, "float16")

@@ -26,7 +26,7 @@ from tfos.core.runtime import python_version, tensorflow_version
 from tfos.driver import console, interrupts, preflight, progress, spark_errors
 from tfos.driver.cluster_state import ClusterState
 from tfos.driver.control_service import ControlService
-from tfos.driver.feed_jobs import SparkFeedJobs
+from tfos.driver.feed_jobs import SparkFeedJobs, vectors_as
 from tfos.driver.feeder import Feeder
 from tfos.executor.node_task import NodeStageSpec, node_partition
 
@@ -257,7 +257,7 @@ class TFCluster:
 
     # -- public ---------------------------------------------------------------------------
     def train(self, dataRDD, num_epochs: int = 1, feed_timeout: float = 600.0,
-              qname: str = "input"):
+              qname: str = "input", vector_dtype: str = "float32"):
         """Feeds ``dataRDD`` (an RDD, a DataFrame or a Spark Streaming DStream) to the chief and
         workers for ``num_epochs``.
 
@@ -272,8 +272,14 @@ class TFCluster:
         as it arrives: each non-empty micro-batch for ``num_epochs`` epochs (stop it with
         ``shutdown(ssc)``); then nothing is returned. Unlike TensorFlowOnSpark,
         ``num_epochs=0`` is refused rather than read as 10.
+
+        A DataFrame's Spark ML vector columns (``VectorUDT``) reach the nodes as
+        ``(rows, size)`` arrays of ``vector_dtype``: ``"float32"`` (the default, TensorFlow's
+        and Keras's float; converted in Spark, so half the bytes of the vectors' doubles are
+        fed) or ``"float64"`` (the vectors' own doubles, exact).
         """
         feeder = self._spark_feeder("train")
+        dataRDD = vectors_as(dataRDD, vector_dtype)
         if _is_dstream(dataRDD):
             dataRDD.foreachRDD(lambda rdd: rdd.isEmpty() or feeder.train(
                 rdd, num_epochs, feed_timeout, qname))

@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 
+from tfos.core.errors import ConfigError
 from tfos.executor import feed_task
 from tfos.executor.feed_task import FeedSpec
 
@@ -23,6 +24,32 @@ CANCEL_WAIT_SECS = 15.0
 
 def is_dataframe(data) -> bool:
     return hasattr(data, "mapInArrow")
+
+
+# What train(vector_dtype=...) may name: the dtype Spark ML vector columns reach the nodes in.
+VECTOR_DTYPES = ("float32", "float64")
+
+
+def vectors_as(data, dtype: str):
+    """``data`` with each Spark ML vector column (``VectorUDT``, dense or sparse rows) turned
+    into ``array<float>`` in Spark (``vector_to_array``, in the executors' JVMs) when ``dtype``
+    is ``"float32"``: half the bytes of the doubles a vector holds, through every step of the
+    feed. ``"float64"`` keeps the vectors as they are (exact, and sparse rows travel sparse).
+    Column names and order are kept; a frame without vector columns, and anything that is not
+    a DataFrame (an RDD's rows are converted in the feed tasks), is returned as it is."""
+    if dtype not in VECTOR_DTYPES:
+        raise ConfigError(f"vector_dtype={dtype!r}: pass one of {', '.join(VECTOR_DTYPES)} (the "
+                          "dtype Spark ML vector columns reach the nodes in)")
+    if dtype == "float64" or not is_dataframe(data):
+        return data
+    from pyspark.ml.linalg import VectorUDT
+    vectors = [field.name for field in data.schema.fields
+               if isinstance(field.dataType, VectorUDT)]
+    if not vectors:
+        return data
+    from pyspark.ml.functions import vector_to_array
+    return data.select([vector_to_array(data[name], dtype).alias(name) if name in vectors
+                        else data[name] for name in data.columns])
 
 
 class SparkFeedJobs:
