@@ -647,6 +647,34 @@ static void gather(uint8_t *dst, const tfos_iov *parts, int nparts) {
     }
 }
 
+/* A message of several parts on a carrier that gathers them itself: one write straight from
+ * the caller's memory into the peer's ring (one copy per byte, no staging), done on return. */
+static int send_gathered(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_t total,
+                         int64_t start, int64_t end, char *err) {
+    char nerr[TFOS_NIC_ERRLEN];
+    uint64_t id = e->wr_next;
+    int rc;
+    e->posted[id % TFOS_NIC_MAX_POSTED].stage_end = -1;
+    e->posted[id % TFOS_NIC_MAX_POSTED].done = 0;
+    rc = e->nic->ops->write_gather(e->nic, parts, nparts, &e->peer,
+                                   TFOS_ENGINE_MAILBOX + (uint64_t)(start % e->writer.capacity),
+                                   TFOS_NIC_IMM, imm_of(TFOS_IMM_EAGER, e->tx_seq), id, nerr);
+    if (rc == TFOS_NIC_ECLOSED) {
+        set_peer_gone(e, nerr);
+        return fail(err, rc, "%s", nerr);
+    }
+    if (rc < 0) {
+        break_link(e, rc, "%s: writing a message failed: %s", e->name, nerr);
+        return fail(err, rc, "%s", e->why);
+    }
+    e->wr_next++;
+    tfos_ring_writer_commit(&e->writer, end);
+    e->tx_seq++;
+    e->stats.sent_eager++;
+    e->stats.direct_bytes += total;
+    return 0;
+}
+
 static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_t total,
                       int64_t deadline, int timeout_ms, char *err) {
     char rerr[TFOS_RING_ERRLEN];
@@ -673,6 +701,8 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
         if (rc) return rc;
     }
     if ((rc = wait_for(e, posted_room, NULL, deadline, 1, err))) return rc;
+    if (nparts > 1 && e->nic->ops->write_gather)      /* shm: each part from where it lies */
+        return send_gathered(e, parts, nparts, total, start, end, err);
     if (nparts == 1 && total && find_region(e, parts[0].base, total, &local)) {
         local_offset = (uint64_t)((uintptr_t)parts[0].base - (uintptr_t)local.addr);
         e->stats.direct_bytes += total;

@@ -73,11 +73,6 @@ typedef struct {
 } tfos_engine_opts;
 
 typedef struct {
-    const void *base;
-    uint64_t len;
-} tfos_iov;
-
-typedef struct {
     uint64_t sent_eager, sent_rendezvous, received_eager, received_rendezvous;
     uint64_t credits_sent, credits_received, needs_sent, staged_bytes, direct_bytes;
     uint64_t landing_bytes;

@@ -80,6 +80,12 @@ typedef struct {
 
 typedef struct tfos_nic tfos_nic;
 
+/* A piece of this process's memory. */
+typedef struct {
+    const void *base;
+    uint64_t len;
+} tfos_iov;
+
 typedef struct {
     const char *name;    /* "loopback", "shm", "verbs" */
     int (*alloc_mr)(tfos_nic *nic, uint64_t length, tfos_mr *out, char *err);
@@ -92,6 +98,13 @@ typedef struct {
     int (*write)(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
                  const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
                  int flags, uint32_t imm, uint64_t wr_id, char *err);
+    /* Optional, for any_source carriers (NULL: the engine gathers pieces into registered
+     * memory and calls write()): one write of the n pieces laid one after another at
+     * remote_offset, copied before it returns; one completion, and with TFOS_NIC_IMM one
+     * immediate whose length is the pieces' total. */
+    int (*write_gather)(tfos_nic *nic, const tfos_iov *pieces, int n,
+                        const tfos_remote_mr *remote, uint64_t remote_offset, int flags,
+                        uint32_t imm, uint64_t wr_id, char *err);
     /* Up to max completions into out; returns how many (>= 1), or TFOS_NIC_ETIMEDOUT when none
      * came within timeout_ms (-1: wait without limit; 0: do not wait), or an error code. */
     int (*poll)(tfos_nic *nic, tfos_completion *out, int max, int timeout_ms, char *err);

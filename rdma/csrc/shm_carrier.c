@@ -268,19 +268,16 @@ static int push_sent(shm_nic *n, uint64_t wr_id, char *err) {
     return 0;
 }
 
-static int shm_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
-                     const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
-                     int flags, uint32_t imm, uint64_t wr_id, char *err) {
-    shm_nic *n = (shm_nic *)nic;
+/* The pieces' total length bytes into the peer's region remote at remote_offset, then the
+ * immediate (if asked) and this side's completion. */
+static int write_pieces(shm_nic *n, const tfos_iov *pieces, int npieces, uint64_t length,
+                        const tfos_remote_mr *remote, uint64_t remote_offset, int flags,
+                        uint32_t imm, uint64_t wr_id, char *err) {
     arena_header *peer = n->theirs;
     int slot = (int)(remote->rkey & (MR_SLOTS - 1));
     uint32_t key = atomic_load_explicit(&peer->mr[slot].key, memory_order_acquire);
     uint64_t off = peer->mr[slot].offset, len = peer->mr[slot].length;
     if (peer_gone(n)) return closed_error(n, err);
-    if (local_offset > local->length || length > local->length - local_offset)
-        return fail(err, TFOS_NIC_EINVAL, "shm link to %s: a write of %" PRIu64 " bytes at %"
-                    PRIu64 " reads past the local region of %" PRIu64 " bytes", n->base.peer,
-                    length, local_offset, local->length);
     if (key == 0 || key != remote->rkey || remote->addr != off || off < DATA_START ||
         off > n->theirs_size || len > n->theirs_size - off || remote_offset > len ||
         length > len - remote_offset)
@@ -288,9 +285,11 @@ static int shm_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
                     "key 0x%x at offset %" PRIu64 ", which the peer did not register",
                     n->base.peer, length, remote->rkey, remote_offset);
     if (length >= CHECK_PEER_BYTES && peer_hung_up(n)) return closed_error(n, err);
-    if (length) memcpy((uint8_t *)peer + off + remote_offset,
-                       local->addr ? (const uint8_t *)local->addr + local_offset
-                                   : (const uint8_t *)(uintptr_t)local_offset, length);
+    uint8_t *to = (uint8_t *)peer + off + remote_offset;
+    for (int i = 0; i < npieces; i++) {
+        if (pieces[i].len) memcpy(to, pieces[i].base, pieces[i].len);
+        to += pieces[i].len;
+    }
     if (flags & TFOS_NIC_IMM) {
         uint64_t head = n->tx_head;
         if (head - atomic_load_explicit(&peer->cq_tail, memory_order_acquire) >= CQ_DEPTH)
@@ -305,6 +304,28 @@ static int shm_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
         wake_if_sleeping(peer);
     }
     return push_sent(n, wr_id, err);
+}
+
+static int shm_write(tfos_nic *nic, const tfos_mr *local, uint64_t local_offset,
+                     const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
+                     int flags, uint32_t imm, uint64_t wr_id, char *err) {
+    shm_nic *n = (shm_nic *)nic;
+    if (local_offset > local->length || length > local->length - local_offset)
+        return fail(err, TFOS_NIC_EINVAL, "shm link to %s: a write of %" PRIu64 " bytes at %"
+                    PRIu64 " reads past the local region of %" PRIu64 " bytes", n->base.peer,
+                    length, local_offset, local->length);
+    tfos_iov piece = {local->addr ? (const uint8_t *)local->addr + local_offset
+                                  : (const uint8_t *)(uintptr_t)local_offset, length};
+    return write_pieces(n, &piece, 1, length, remote, remote_offset, flags, imm, wr_id, err);
+}
+
+static int shm_write_gather(tfos_nic *nic, const tfos_iov *pieces, int npieces,
+                            const tfos_remote_mr *remote, uint64_t remote_offset, int flags,
+                            uint32_t imm, uint64_t wr_id, char *err) {
+    uint64_t length = 0;
+    for (int i = 0; i < npieces; i++) length += pieces[i].len;
+    return write_pieces((shm_nic *)nic, pieces, npieces, length, remote, remote_offset, flags,
+                        imm, wr_id, err);
 }
 
 /* -- poll ------------------------------------------------------------------------------- */
@@ -418,6 +439,7 @@ static const tfos_nic_ops SHM_OPS = {
     .free_mr = shm_free_mr,
     .export_mr = shm_export_mr,
     .write = shm_write,
+    .write_gather = shm_write_gather,
     .poll = shm_poll,
     .interrupt = shm_interrupt,
     .destroy = shm_destroy,

@@ -657,10 +657,16 @@ static void verbs_destroy(tfos_nic *nic) {
 }
 
 static const tfos_nic_ops verbs_ops = {
-    "verbs", verbs_alloc_mr, verbs_free_mr, verbs_export_mr, verbs_write, verbs_poll,
-    verbs_interrupt, verbs_destroy,
-    0,   /* any_source: the device reads registered memory only */
-    verbs_quiesce,
+    .name = "verbs",
+    .alloc_mr = verbs_alloc_mr,
+    .free_mr = verbs_free_mr,
+    .export_mr = verbs_export_mr,
+    .write = verbs_write,
+    .poll = verbs_poll,
+    .interrupt = verbs_interrupt,
+    .destroy = verbs_destroy,
+    .any_source = 0,   /* the device reads registered memory only */
+    .quiesce = verbs_quiesce,
 };
 
 /* ---- set-up: device and port --------------------------------------------------------------- */

@@ -375,6 +375,27 @@ def test_registered_memory_is_sent_without_staging(carrier):
         assert (direct, staged) == (len(large) * 2 - 5, 8)
 
 
+def test_a_small_message_of_several_parts_is_copied_once_on_shm(carrier):
+    """An eager message (a feed chunk: header, columns, padding) goes straight from the
+    caller's parts into the peer's ring on shm (write_gather), and through staging where the
+    carrier reads registered memory only; the peer gets the same bytes either way."""
+    parts = [b"header!", np.arange(3000, dtype=np.float32), b"", memoryview(b"pad")]
+    expected = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    with carrier.pair("echo", count=2) as (link, far):
+        link.send([b"warm"], timeout=LIMIT)
+        assert link.recv(timeout=LIMIT) == b"warm"
+        before = link.stats()
+        link.send(parts, timeout=LIMIT)
+        assert link.recv(timeout=LIMIT) == expected
+        after = link.stats()
+        assert far.result() == 2
+    direct = after["direct_bytes"] - before["direct_bytes"]
+    staged = after["staged_bytes"] - before["staged_bytes"]
+    assert after["sent_eager"] - before["sent_eager"] == 1
+    assert (direct, staged) == ((len(expected), 0) if carrier.name == "shm"
+                                else (0, len(expected)))
+
+
 def test_many_messages_through_a_small_ring_wait_for_credits(carrier):
     sizes = [(i * 37) % 2000 for i in range(1500)]   # the 4 KiB ring holds at most 64
     with carrier.pair("digests", link_opts=SMALL_RING, count=len(sizes)) as (link, far):
