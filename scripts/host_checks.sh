@@ -16,7 +16,7 @@
 # Usage: scripts/host_checks.sh [OUTDIR]   (default: a new temporary folder; logs go there)
 # Exits non-zero when a check fails; the benchmarks only print.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${1:-$(mktemp -d -t tfos-host-checks.XXXXXX)}
 mkdir -p "$out"
 python=$(command -v "${PYTHON:-python3}") || { echo "no ${PYTHON:-python3}"; exit 1; }
@@ -31,7 +31,7 @@ check() {  # check NAME COMMAND...: runs it, its output teed to OUTDIR/NAME.txt
         echo "=== $name: FAILED"; failed+=("$name"); fi
 }
 
-echo "=== host: $(nproc) CPUs, kernel $(uname -r), $($python --version 2>&1)"
+echo "=== host: $(nproc) CPUs, kernel $(uname -r), $("$python" --version 2>&1)"
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
     check gpu_discovery sh -c "sh tests/integration/data/nvidia_gpus.sh | $python -c '
@@ -44,21 +44,21 @@ print(\"Spark discovery:\", found)'"
 else
     echo "=== no nvidia-smi: no NVIDIA GPU checks"
 fi
-echo "=== RDMA devices in sysfs: $(ls /sys/class/infiniband 2>/dev/null | tr '\n' ' ')"
+echo "=== RDMA devices in sysfs: $(find /sys/class/infiniband -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null)"
 echo "=== libibverbs: $(ldconfig -p 2>/dev/null | grep -o 'libibverbs.so[.0-9]*' | sort -u | tr '\n' ' ') rdma-core $(dpkg-query -W -f '${Version}' libibverbs1 2>/dev/null || echo "(version unknown)")"
 
-check build_core $python setup.py -q build_ext --inplace
+check build_core "$python" setup.py -q build_ext --inplace
 # rdma.check exits 1 when --rdma cannot run on this host: that is a finding, not a failure.
-echo "=== rdma_check"; $python -m rdma.check 2>&1 | tee "$out/rdma_check.txt"
-check transport_suite $python -m pytest -q -rs --noconftest -p no:cacheprovider \
+echo "=== rdma_check"; "$python" -m rdma.check 2>&1 | tee "$out/rdma_check.txt"
+check transport_suite "$python" -m pytest -q -rs --noconftest -p no:cacheprovider \
     tests/unit/test_core_ring.py tests/unit/test_carriers.py tests/unit/test_engine_faults.py \
     tests/unit/test_verbs_carrier.py tests/unit/test_comm.py tests/unit/test_collective.py \
     tests/unit/test_rdma_check.py tests/unit/test_framing.py tests/unit/test_peer.py
 
 echo "=== p2p_bench"
-$python examples/benchmarks/p2p_bench.py --sizes 4K,64K,1M,16M,64M 2>&1 | tee "$out/p2p.txt"
+"$python" examples/benchmarks/p2p_bench.py --sizes 4K,64K,1M,16M,64M 2>&1 | tee "$out/p2p.txt"
 echo "=== all-reduce, 64 MiB across 3 processes (median ms of 5)"
-(cd examples/benchmarks && $python collective_bench.py --sizes_mb 64 --procs 3) 2>&1 \
+(cd examples/benchmarks && "$python" collective_bench.py --sizes_mb 64 --procs 3) 2>&1 \
     | tee "$out/allreduce.txt"
 if ((${#failed[@]})); then echo "host checks FAILED: ${failed[*]} (logs in $out)"; exit 1; fi
 echo "host checks passed (logs in $out)"
