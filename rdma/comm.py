@@ -32,7 +32,7 @@ from rdma.errors import (AuthFailed, CommClosed, CommError, CommTimeout, Connect
 from rdma.handshake import check_secret
 
 __all__ = ["Comm", "Listener", "Backend", "CommOptions", "listen", "connect",
-           "register_backend", "parse_uri", "CommError", "CommClosed", "CommTimeout",
+           "register_backend", "preload", "parse_uri", "CommError", "CommClosed", "CommTimeout",
            "AuthFailed", "FrameError", "ConnectFailed", "TransportUnavailable"]
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,19 @@ def register_backend(scheme: str, backend: Backend | str) -> None:
     """Makes ``scheme://`` URIs use ``backend`` (an instance, or a module name whose
     ``backend`` attribute is one, imported on first use)."""
     _registry.register(scheme, backend)
+
+
+def preload(*schemes: str) -> list[str]:
+    """Imports the backends of ``schemes`` now, so that a process about to connect does not
+    pay for it on its first connection; returns the schemes that cannot work here (``rdma``
+    without a device, say), which are left to fail with their reason when used."""
+    unavailable = []
+    for scheme in schemes:
+        try:
+            _registry.get(scheme)
+        except TransportUnavailable:
+            unavailable.append(scheme)
+    return unavailable
 
 
 def parse_uri(uri: str) -> tuple[str, str]:

@@ -69,6 +69,30 @@ def test_uneven_empty_and_single_partitions_of_an_rdd(spark_local_cluster_4x1, s
     check_epochs(tmp_path, "input", total, epochs=3)
 
 
+def test_python_workers_are_readied_for_the_feed_while_the_nodes_start(spark_local_cluster_4x1,
+                                                                        spark_feed_cluster,
+                                                                        tmp_path):
+    def feed_modules_loaded(_partition, _rows):   # nested: pickled by value for the workers
+        import sys
+        yield all(name in sys.modules
+                  for name in ("tfos.executor.feed_task", "pyarrow", "rdma.shm"))
+
+    sc = spark_local_cluster_4x1.sparkContext
+    with spark_feed_cluster() as cluster:
+        cluster._warm_up.join(60)
+        group = f"{cluster.job_group}-feed-warm-up"
+        (job,) = sc.statusTracker().getJobIdsForGroup(group)
+        assert sc.statusTracker().getJobInfo(job).status == "SUCCEEDED"
+        # one task per slot the 2 nodes leave free on local-cluster[4,1]; Spark reuses the
+        # readied workers for the next tasks there
+        assert sc.parallelize(range(2), 2).mapPartitionsWithIndex(
+            feed_modules_loaded).collect() == [True, True]
+        rdd, total = uneven_rdd(sc, [5, 6])
+        cluster.train(rdd, num_epochs=1)
+        cluster.shutdown(timeout=120)
+    check_epochs(tmp_path, "input", total, epochs=1)
+
+
 def test_a_retried_feed_task_delivers_each_record_once(spark_local_cluster_4x1,
                                                         spark_feed_cluster, tmp_path):
     def fail_first_attempt(index, rows):

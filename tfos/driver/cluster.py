@@ -33,6 +33,9 @@ from tfos.executor.node_task import NodeStageSpec, node_partition
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT = 24 * 3600.0
+# At most this many tasks ready the executors' Python workers for the feed (one per slot the
+# nodes leave free, see SparkFeedJobs.warm_up).
+MAX_WARM_UP_TASKS = 256
 
 
 class TFCluster:
@@ -52,6 +55,7 @@ class TFCluster:
         self._job_thread: threading.Thread | None = None
         self._spec: NodeStageSpec | None = None
         self._feeder: Feeder | None = None   # InputMode.SPARK
+        self._warm_up: threading.Thread | None = None   # its job readying feed workers
         self._closed = threading.Event()
         self._lifecycle = threading.Lock()   # a restart's relaunch, or the final stop
         self._shutdown_done = False
@@ -137,6 +141,10 @@ class TFCluster:
         except BaseException:
             cluster._stop_everything()
             raise
+        if cluster._feeder is not None and config.barrier:
+            # The slots the nodes left free are where the feed tasks will run.
+            cluster._warm_up = cluster._feeder.jobs.warm_up(
+                min(MAX_WARM_UP_TASKS, sc.defaultParallelism - config.num_nodes))
         return cluster
 
     # -- launch ---------------------------------------------------------------------------

@@ -110,6 +110,35 @@ class SparkFeedJobs:
             self._running.clear()
         return error[0] if error else None
 
+    def warm_up(self, tasks: int) -> threading.Thread | None:
+        """Starts, in the background, a job of ``tasks`` tiny tasks (``feed_task.warm_up``)
+        while the nodes are still starting TensorFlow: they import the feed's modules in the
+        executors' Python workers, which Spark reuses for the feed tasks, so the first
+        ``train()`` does not wait for the imports (0.2 s of about 1 s for 60,000 MNIST rows
+        here). Best effort: a failure is only logged, and the feed tasks import what they need
+        anyway. Returns the thread.
+
+        Not done: readying the executors' Arrow path with a ``mapInArrow`` job. It took a
+        DataFrame's first train() from 3.5 to 1.9 s, but it is slow enough (a query planned,
+        JVM classes loaded) that an RDD's first train() right after start ran beside it and
+        took 2.3 s instead of 1 s."""
+        if tasks < 1:
+            return None
+
+        def job():
+            try:
+                self._sc.setJobGroup(f"{self.job_group}-warm-up", "tfos: readying Python "
+                                     "workers for the feed", interruptOnCancel=True)
+                self._sc.parallelize(range(tasks), tasks).mapPartitionsWithIndex(
+                    feed_task.warm_up).collect()
+            except Exception as exc:  # noqa: BLE001 - best effort; Spark/py4j errors vary
+                logger.info("readying Python workers for the feed failed (the feed tasks "
+                            "import what they need themselves): %s", exc)
+
+        thread = threading.Thread(target=job, name="tfos-feed-warm-up", daemon=True)
+        thread.start()
+        return thread
+
     def cancel(self) -> None:
         """Cancels the running feed job, if any."""
         if self._running.is_set():

@@ -436,6 +436,18 @@ def train_arrow(spec: FeedSpec, batches):
     yield pa.record_batch({"rows": pa.array([sent], pa.int64())})
 
 
+def warm_up(_partition: int, _rows):
+    """A task readying an executor's Python worker for feed tasks (``SparkFeedJobs.warm_up``):
+    it imports what feed tasks use besides this module (the transports; Arrow, for DataFrames)
+    and yields the worker's process id. Spark reuses the worker for the next task, which then
+    starts feeding at once instead of spending the first train() on imports."""
+    import os
+
+    import pyarrow  # noqa: F401
+    rdma_comm.preload("shm", "tcp")
+    yield os.getpid()
+
+
 def infer_rows(spec: FeedSpec, partition: int, rows):
     """``mapPartitionsWithIndex`` of an RDD's inference: the results, one per row, in order."""
     for columns in infer_partition(spec, partition, rows):
