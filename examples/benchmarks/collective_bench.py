@@ -128,13 +128,10 @@ def main() -> None:
             tf_s = tensorflow_allreduce(procs, size, args.repeats) if with_tf else None
             shm_s = tfos_allreduce(procs, size, args.repeats, "shm")
             tcp_s = tfos_allreduce(procs, size, args.repeats, "tcp")
-            if tf_s is None:
-                print(f"{procs:>5} {size:>5} {'(no TF)':>11} {shm_s * 1e3:>12.1f} "
-                      f"{tcp_s * 1e3:>12.1f}", flush=True)
-                continue
-            print(f"{procs:>5} {size:>5} {tf_s * 1e3:>11.1f} {shm_s * 1e3:>12.1f} "
-                  f"{tcp_s * 1e3:>12.1f} {tf_s / shm_s:>12.2f}x {tf_s / tcp_s:>12.2f}x",
-                  flush=True)
+            tf_ms = f"{tf_s * 1e3:>11.1f}" if tf_s else f"{'(no TF)':>11}"
+            speed_ups = f" {tf_s / shm_s:>12.2f}x {tf_s / tcp_s:>12.2f}x" if tf_s else ""
+            print(f"{procs:>5} {size:>5} {tf_ms} {shm_s * 1e3:>12.1f} {tcp_s * 1e3:>12.1f}"
+                  f"{speed_ups}", flush=True)
 
 
 if __name__ == "__main__":

@@ -195,11 +195,14 @@ static uint32_t imm_of(int kind, uint64_t value) {
     return (uint32_t)kind << TFOS_IMM_SHIFT | (uint32_t)(value & TFOS_IMM_VALUE);
 }
 
-/* Posts one write; its completion frees staging up to stage_end. On failure the link is
- * broken (or the peer gone) and the code returned, with the reason in err. */
-static int post(tfos_engine *e, const tfos_mr *local, uint64_t local_offset,
-                const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
-                int with_imm, uint32_t imm, int64_t stage_end, const char *what, char *err) {
+/* Posts one write: of length bytes of local at local_offset or, when pieces is given, of the
+ * npieces pieces of any memory laid one after another (the carrier's write_gather); its
+ * completion frees staging up to stage_end. On failure the link is broken (or the peer gone)
+ * and the code returned, with the reason in err. */
+static int post_write(tfos_engine *e, const tfos_mr *local, uint64_t local_offset,
+                      const tfos_iov *pieces, int npieces, const tfos_remote_mr *remote,
+                      uint64_t remote_offset, uint64_t length, int with_imm, uint32_t imm,
+                      int64_t stage_end, const char *what, char *err) {
     char nerr[TFOS_NIC_ERRLEN];
     uint64_t id = e->wr_next;
     int rc;
@@ -209,8 +212,10 @@ static int post(tfos_engine *e, const tfos_mr *local, uint64_t local_offset,
                     "%s", e->why);
     e->posted[id % TFOS_NIC_MAX_POSTED].stage_end = stage_end;
     e->posted[id % TFOS_NIC_MAX_POSTED].done = 0;
-    rc = e->nic->ops->write(e->nic, local, local_offset, remote, remote_offset, length,
-                            with_imm ? TFOS_NIC_IMM : 0, imm, id, nerr);
+    rc = pieces ? e->nic->ops->write_gather(e->nic, pieces, npieces, remote, remote_offset,
+                                            with_imm ? TFOS_NIC_IMM : 0, imm, id, nerr)
+                : e->nic->ops->write(e->nic, local, local_offset, remote, remote_offset, length,
+                                     with_imm ? TFOS_NIC_IMM : 0, imm, id, nerr);
     if (rc == TFOS_NIC_ECLOSED) {
         set_peer_gone(e, nerr);
         return fail(err, rc, "%s", nerr);
@@ -221,6 +226,13 @@ static int post(tfos_engine *e, const tfos_mr *local, uint64_t local_offset,
     }
     e->wr_next++;
     return 0;
+}
+
+static int post(tfos_engine *e, const tfos_mr *local, uint64_t local_offset,
+                const tfos_remote_mr *remote, uint64_t remote_offset, uint64_t length,
+                int with_imm, uint32_t imm, int64_t stage_end, const char *what, char *err) {
+    return post_write(e, local, local_offset, NULL, 0, remote, remote_offset, length, with_imm,
+                      imm, stage_end, what, err);
 }
 
 static int post_control(tfos_engine *e, int kind, uint64_t value, const char *what) {
@@ -647,34 +659,6 @@ static void gather(uint8_t *dst, const tfos_iov *parts, int nparts) {
     }
 }
 
-/* A message of several parts on a carrier that gathers them itself: one write straight from
- * the caller's memory into the peer's ring (one copy per byte, no staging), done on return. */
-static int send_gathered(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_t total,
-                         int64_t start, int64_t end, char *err) {
-    char nerr[TFOS_NIC_ERRLEN];
-    uint64_t id = e->wr_next;
-    int rc;
-    e->posted[id % TFOS_NIC_MAX_POSTED].stage_end = -1;
-    e->posted[id % TFOS_NIC_MAX_POSTED].done = 0;
-    rc = e->nic->ops->write_gather(e->nic, parts, nparts, &e->peer,
-                                   TFOS_ENGINE_MAILBOX + (uint64_t)(start % e->writer.capacity),
-                                   TFOS_NIC_IMM, imm_of(TFOS_IMM_EAGER, e->tx_seq), id, nerr);
-    if (rc == TFOS_NIC_ECLOSED) {
-        set_peer_gone(e, nerr);
-        return fail(err, rc, "%s", nerr);
-    }
-    if (rc < 0) {
-        break_link(e, rc, "%s: writing a message failed: %s", e->name, nerr);
-        return fail(err, rc, "%s", e->why);
-    }
-    e->wr_next++;
-    tfos_ring_writer_commit(&e->writer, end);
-    e->tx_seq++;
-    e->stats.sent_eager++;
-    e->stats.direct_bytes += total;
-    return 0;
-}
-
 static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_t total,
                       int64_t deadline, int timeout_ms, char *err) {
     char rerr[TFOS_RING_ERRLEN];
@@ -701,10 +685,11 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
         if (rc) return rc;
     }
     if ((rc = wait_for(e, posted_room, NULL, deadline, 1, err))) return rc;
-    if (nparts > 1 && e->nic->ops->write_gather)      /* shm: each part from where it lies */
-        return send_gathered(e, parts, nparts, total, start, end, err);
-    if (nparts == 1 && total && find_region(e, parts[0].base, total, &local)) {
-        local_offset = (uint64_t)((uintptr_t)parts[0].base - (uintptr_t)local.addr);
+    /* Several parts on a carrier that gathers them itself (shm): each written from where it
+     * lies, one copy per byte; otherwise one part from registered memory, or staging. */
+    const int gathered = nparts > 1 && e->nic->ops->write_gather;
+    if (gathered || (nparts == 1 && total && find_region(e, parts[0].base, total, &local))) {
+        local_offset = gathered ? 0 : (uint64_t)((uintptr_t)parts[0].base - (uintptr_t)local.addr);
         e->stats.direct_bytes += total;
     } else {
         if ((rc = stage_alloc(e, (int64_t)total, deadline, &local_offset, &stage_end, err)))
@@ -712,9 +697,9 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
         gather((uint8_t *)e->stage.addr + local_offset, parts, nparts);
         e->stats.staged_bytes += total;
     }
-    rc = post(e, &local, local_offset, &e->peer,
-              TFOS_ENGINE_MAILBOX + (uint64_t)(start % e->writer.capacity), total, 1,
-              imm_of(TFOS_IMM_EAGER, e->tx_seq), stage_end, "a message", err);
+    rc = post_write(e, &local, local_offset, gathered ? parts : NULL, nparts, &e->peer,
+                    TFOS_ENGINE_MAILBOX + (uint64_t)(start % e->writer.capacity), total, 1,
+                    imm_of(TFOS_IMM_EAGER, e->tx_seq), stage_end, "a message", err);
     if (rc) return rc;
     wr = e->wr_next - 1;
     tfos_ring_writer_commit(&e->writer, end);
