@@ -705,7 +705,11 @@ static int send_eager(tfos_engine *e, const tfos_iov *parts, int nparts, uint64_
     tfos_ring_writer_commit(&e->writer, end);
     e->tx_seq++;
     e->stats.sent_eager++;
-    if (stage_end < 0) return wait_for(e, completed, &wr, NO_DEADLINE, 1, err);
+    /* A direct write from the caller's region is waited for, so that memory is free on
+     * return; a gathered one was copied before write_gather returned, and waiting would only
+     * report a peer that closed after it got the message (a node replying to a feeder that
+     * has all its results, say). */
+    if (stage_end < 0 && !gathered) return wait_for(e, completed, &wr, NO_DEADLINE, 1, err);
     return 0;
 }
 
