@@ -73,9 +73,13 @@ def test_python_workers_are_readied_for_the_feed_while_the_nodes_start(spark_loc
                                                                         spark_feed_cluster,
                                                                         tmp_path):
     def feed_modules_loaded(_partition, _rows):   # nested: pickled by value for the workers
+        import gc
         import sys
-        yield all(name in sys.modules
-                  for name in ("tfos.executor.feed_task", "pyarrow", "rdma.shm"))
+        # and the imports are out of the reach of the full collection PySpark's daemon runs
+        # after every task (see feed_task._freeze_heap)
+        yield (all(name in sys.modules
+                   for name in ("tfos.executor.feed_task", "pyarrow", "rdma.shm"))
+               and gc.get_freeze_count() > 10_000)
 
     sc = spark_local_cluster_4x1.sparkContext
     with spark_feed_cluster() as cluster:
