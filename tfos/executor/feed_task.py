@@ -421,6 +421,9 @@ def _train(spec: FeedSpec, partition: int, rows: Iterable) -> int:
         raise
 
 
+_heap_frozen = False
+
+
 def _freeze_heap() -> None:
     """Puts the objects this Python worker holds now (its imported modules, mostly) out of the
     cyclic garbage collector's sight (``gc.freeze``), once per process.
@@ -431,8 +434,10 @@ def _freeze_heap() -> None:
     objects are still freed by reference counting; only cycles among them would be kept, and
     at the start of a task the heap holds what the previous collection left alive.
     """
-    if gc.get_freeze_count() == 0:
+    global _heap_frozen
+    if not _heap_frozen:    # (gc.get_freeze_count() walks the frozen objects: milliseconds)
         gc.freeze()
+        _heap_frozen = True
 
 
 def _partition_id() -> int:
