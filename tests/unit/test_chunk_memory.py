@@ -49,3 +49,29 @@ def test_small_columns_and_released_pools_keep_nothing():
     held = memory.copy(chunk(5))
     memory.release()
     assert memory.pooled_bytes == 0 and np.all(held == 5)
+
+
+def test_memory_tensorflow_shares_is_not_reused_while_the_tensor_lives():
+    """tf.data's generators take a 64-byte-aligned numpy array without copying it (the tensor
+    keeps the array alive): DataFeed.dataset hands them views of the node's chunks."""
+    import pytest
+    tf = pytest.importorskip("tensorflow")
+    memory = ChunkMemory(64 << 20)
+    held = [memory.copy(np.ones(1 << 20, np.uint8))]     # the node's chunk column
+    start = -held[0].ctypes.data % 64
+
+    def rows():
+        yield held[0][start:start + 4096]
+
+    dataset = tf.data.Dataset.from_generator(
+        rows, output_signature=tf.TensorSpec((4096,), tf.uint8))
+    tensor = next(iter(dataset))
+    held[0][start] = 5
+    if int(tensor[0]) != 5:
+        pytest.skip("this TensorFlow copied the array: no memory shared to protect")
+    held[0][start] = 1
+    held.clear()
+    del dataset
+    for value in (2, 3):
+        memory.copy(np.full(1 << 20, value, np.uint8))
+    assert int(tf.reduce_min(tensor)) == 1 and int(tf.reduce_max(tensor)) == 1
