@@ -3,6 +3,8 @@ tasks Spark would run, run here in-process over lists of partitions."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -202,3 +204,27 @@ def test_vector_dtype_is_checked_and_only_dataframes_are_converted():
     with pytest.raises(ConfigError, match=r"vector_dtype='float16': pass one of float32, "
                                           r"float64 \(the dtype Spark ML vector columns"):
         vectors_as(rows, "float16")
+
+
+def test_a_dataframe_without_udt_columns_is_fed_without_importing_spark_ml():
+    """pyspark.ml takes 0.3 s to import: a first train() of a frame without vectors skips it."""
+    code = """if True:
+        import sys
+        from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
+        from tfos.driver.feed_jobs import vectors_as
+
+        class Frame:           # what vectors_as reads of a DataFrame
+            schema = StructType([StructField("x", ArrayType(FloatType())),
+                                 StructField("y", LongType())])
+
+            def mapInArrow(self, function, schema):
+                raise AssertionError("no conversion expected")
+
+        frame = Frame()
+        assert vectors_as(frame, "float32") is frame
+        print("pyspark.ml" in sys.modules)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -42,9 +42,12 @@ def vectors_as(data, dtype: str):
                           "dtype Spark ML vector columns reach the nodes in)")
     if dtype == "float64" or not is_dataframe(data):
         return data
+    from pyspark.sql.types import UserDefinedType
+    udts = [field for field in data.schema.fields if isinstance(field.dataType, UserDefinedType)]
+    if not udts:     # importing pyspark.ml takes 0.3 s: only a frame with a UDT column pays it
+        return data
     from pyspark.ml.linalg import VectorUDT
-    vectors = [field.name for field in data.schema.fields
-               if isinstance(field.dataType, VectorUDT)]
+    vectors = [field.name for field in udts if isinstance(field.dataType, VectorUDT)]
     if not vectors:
         return data
     from pyspark.ml.functions import vector_to_array
