@@ -10,8 +10,9 @@ without the copy). ``ChunkMemory`` hands out arrays over buffers it keeps instea
 A buffer is free again once nothing references it: numpy views (slices handed to ``map_fun``,
 batches not yet given to TensorFlow) keep their base array alive, so a buffer whose only
 reference is the pool's own list is unused, whatever took views of it (``sys.getrefcount``).
-The pool keeps at most ``limit_bytes`` of buffers (the node's feed buffer: the chunks it holds
-at once); beyond that, copies get ordinary arrays.
+The pool keeps at most ``limit_bytes`` of buffers (the feed server gives its feed buffer and a
+quarter: the chunks the queues hold, those on their way in and those still read); beyond that,
+copies get ordinary arrays, as do small columns and columns of Python objects.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class ChunkMemory:
     def copy(self, array: np.ndarray) -> np.ndarray:
         """A copy of ``array`` (C-contiguous) that owns nothing the caller must free."""
         nbytes = array.nbytes
-        if nbytes < MIN_POOLED_BYTES:
+        if nbytes < MIN_POOLED_BYTES or array.dtype.hasobject:
             return array.copy()
         with self._lock:
             buffer = self._free_buffer(nbytes)
