@@ -75,3 +75,11 @@ def test_memory_tensorflow_shares_is_not_reused_while_the_tensor_lives():
     for value in (2, 3):
         memory.copy(np.full(1 << 20, value, np.uint8))
     assert int(tf.reduce_min(tensor)) == 1 and int(tf.reduce_max(tensor)) == 1
+
+
+def test_a_column_of_python_objects_is_copied_outside_the_pool():
+    memory = ChunkMemory(64 << 20)
+    values = np.array([str(i) for i in range(MIN_POOLED_BYTES // 8)], dtype=object)
+    copy = memory.copy(values)
+    assert copy.dtype == object and list(copy[:3]) == ["0", "1", "2"]
+    assert memory.pooled_bytes == 0
