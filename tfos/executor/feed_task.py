@@ -330,6 +330,7 @@ def _row_source(spec: FeedSpec, partition: int, rows: Iterable):
 
 def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[dict]:
     """Feeds a whole partition to one worker; yields result column chunks in row order."""
+    _freeze_heap()
     worker = partition % len(spec.workers)
     conn = _Connection(spec, worker, fm.FeedMode.INFERENCE, partition)
     results: queue.Queue = queue.Queue()
@@ -472,7 +473,6 @@ def warm_up(_partition: int, _rows):
 
 def infer_rows(spec: FeedSpec, partition: int, rows):
     """``mapPartitionsWithIndex`` of an RDD's inference: the results, one per row, in order."""
-    _freeze_heap()
     for columns in infer_partition(spec, partition, rows):
         values = list(columns.values())
         if len(values) == 1 and list(columns) == ["0"]:
@@ -486,7 +486,6 @@ def infer_arrow(spec: FeedSpec, schema, batches):
     ``schema`` appended, as the results arrive (only rows awaiting results are held)."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_type
-    _freeze_heap()
     waiting: collections.deque = collections.deque()   # input batches sent, not yet answered
 
     def remember(stream):
