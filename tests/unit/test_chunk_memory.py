@@ -83,3 +83,12 @@ def test_a_column_of_python_objects_is_copied_outside_the_pool():
     copy = memory.copy(values)
     assert copy.dtype == object and list(copy[:3]) == ["0", "1", "2"]
     assert memory.pooled_bytes == 0
+
+
+def test_arrays_start_where_tensorflow_takes_them_without_a_copy():
+    from tfos.node.chunk_memory import ALIGN
+    one = chunk(0).nbytes
+    memory = ChunkMemory(2 * one + (64 << 10))
+    kept = [memory.copy(chunk(i)) for i in range(4)]       # two pooled, two beyond the limit
+    kept += [memory.empty((ROWS + i, WIDTH), np.float32) for i in range(1, 4)]
+    assert [a.ctypes.data % ALIGN for a in kept] == [0] * len(kept)

@@ -152,3 +152,40 @@ def test_input_mapping_of_unnamed_rows_follows_the_sorted_column_names():
     assert feed.next_batch(2) == {} and feed.done_feeding
     with pytest.raises(FeedUsageError, match="names columns the feed does not have"):
         DataFeed(feeding([[2]]), input_mapping={"a": "x"}).next_batch(1)
+
+
+def test_dataset_joins_large_chunks_in_reused_memory_tensorflow_can_share():
+    # Chunks of 100 rows of 784 floats (313 KB) are pooled; blocks of 8 batches of 64 rows
+    # span several of them. Across two epochs the batches hold every row once, in order.
+    feed = DataFeed(feeding([[100] * 6, [100] * 6], row_width=784))
+    dataset = feed.dataset(64, ["image", "label"])
+    for epoch in range(2):
+        seen = []
+        for image, label in dataset:
+            assert np.array_equal(image.numpy()[:, 0], label.numpy())
+            assert np.all(image.numpy() == image.numpy()[:, :1])
+            seen.extend(label.numpy().tolist())
+        assert seen == list(range(600 * epoch, 600 * (epoch + 1)))
+
+
+def test_rows_joined_from_several_chunks_come_aligned_from_the_pool():
+    from tfos.node.chunk_memory import ALIGN, ChunkMemory
+    from tfos.node.data_feed import _assemble
+
+    def chunk(start, rows, label_dtype):
+        image = np.full((rows, 784), start, np.float32)
+        return Chunk({"image": image, "label": np.arange(start, start + rows,
+                                                         dtype=label_dtype)}, rows, 0, 0)
+
+    memory = ChunkMemory(64 << 20)
+    pieces = [(chunk(0, 100, np.int32), 10, 100), (chunk(100, 100, np.int64), 0, 50)]
+    for _ in range(3):
+        joined = _assemble(pieces, memory)
+        assert joined["image"].shape == (140, 784) and joined["image"][89, 0] == 0
+        assert joined["image"][90, 0] == 100
+        assert joined["label"].dtype == np.int64    # as np.concatenate promotes
+        assert joined["label"].tolist() == list(range(10, 150))
+        assert joined["image"].ctypes.data % ALIGN == 0
+        del joined
+    # The image column (438 KB) is pooled and its buffer reused; the labels are too small.
+    assert 140 * 784 * 4 <= memory.pooled_bytes < 2 * 140 * 784 * 4

@@ -13,6 +13,10 @@ reference is the pool's own list is unused, whatever took views of it (``sys.get
 The pool keeps at most ``limit_bytes`` of buffers (the feed server gives its feed buffer and a
 quarter: the chunks the queues hold, those on their way in and those still read); beyond that,
 copies get ordinary arrays, as do small columns and columns of Python objects.
+
+Pooled arrays start on a 64-byte boundary. TensorFlow then takes them without a copy
+(``tf.data`` generators, ``tf.constant``: it copies an array that is not aligned to its 64
+bytes), which matters as much as the pool: the copy it made went to fresh pages too.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import numpy as np
 
 # Smaller columns are copied into ordinary arrays: the allocator reuses small blocks itself.
 MIN_POOLED_BYTES = 256 << 10
-_ALIGN = 64 << 10            # buffer sizes are rounded up to this, so similar chunks share
+_ROUND = 64 << 10            # buffer sizes are rounded up to this, so similar chunks share
+ALIGN = 64                   # where pooled arrays start (TensorFlow's EIGEN_MAX_ALIGN_BYTES)
 # sys.getrefcount of a pooled buffer that nothing else holds: the pool's list, the local name
 # in _free_buffer, and getrefcount's own argument.
 _UNUSED_REFS = 3
@@ -32,7 +37,8 @@ _UNUSED_REFS = 3
 class ChunkMemory:
     def __init__(self, limit_bytes: int):
         self._limit = limit_bytes
-        self._buffers: list[np.ndarray] = []     # uint8 arrays owned by the pool
+        # uint8 arrays owned by the pool, with the offset of their first aligned byte
+        self._buffers: list[tuple[np.ndarray, int]] = []
         self._pooled = 0
         self._lock = threading.Lock()
 
@@ -42,29 +48,39 @@ class ChunkMemory:
 
     def copy(self, array: np.ndarray) -> np.ndarray:
         """A copy of ``array`` (C-contiguous) that owns nothing the caller must free."""
-        nbytes = array.nbytes
-        if nbytes < MIN_POOLED_BYTES or array.dtype.hasobject:
+        if array.dtype.hasobject:
             return array.copy()
-        with self._lock:
-            buffer = self._free_buffer(nbytes)
-            if buffer is None:
-                size = -(-nbytes // _ALIGN) * _ALIGN
-                if self._pooled + size > self._limit:
-                    return array.copy()
-                buffer = np.empty(size, np.uint8)
-                self._buffers.append(buffer)
-                self._pooled += size
-            out = buffer[:nbytes].view(array.dtype).reshape(array.shape)
+        out = self.empty(array.shape, array.dtype)
         np.copyto(out, array)
         return out
 
-    def _free_buffer(self, nbytes: int) -> np.ndarray | None:
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype`` (not of Python objects), from the
+        pool when it is large enough and the pool has room."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes < MIN_POOLED_BYTES:
+            return np.empty(shape, dtype)
+        with self._lock:
+            found = self._free_buffer(nbytes)
+            if found is None:
+                size = -(-nbytes // _ROUND) * _ROUND
+                if self._pooled + size > self._limit:
+                    return aligned_empty(shape, dtype)
+                buffer = np.empty(size + ALIGN, np.uint8)
+                found = buffer, -buffer.ctypes.data % ALIGN
+                self._buffers.append(found)
+                self._pooled += size
+            buffer, start = found
+            return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+    def _free_buffer(self, nbytes: int) -> tuple[np.ndarray, int] | None:
         """An unused buffer of at least ``nbytes`` and at most a quarter more, if there is one."""
         for index in range(len(self._buffers)):
-            buffer = self._buffers[index]
-            if nbytes <= buffer.nbytes <= nbytes + nbytes // 4 + _ALIGN and \
+            buffer = self._buffers[index][0]
+            if nbytes + ALIGN <= buffer.nbytes <= nbytes + nbytes // 4 + _ROUND + ALIGN and \
                     sys.getrefcount(buffer) == _UNUSED_REFS:
-                return buffer
+                return self._buffers[index]
         return None
 
     def release(self) -> None:
@@ -72,3 +88,12 @@ class ChunkMemory:
         with self._lock:
             self._buffers.clear()
             self._pooled = 0
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array starting on an ``ALIGN``-byte boundary (outside any pool)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)

@@ -13,11 +13,15 @@ from typing import Callable
 import numpy as np
 
 from tfos.core.errors import FeedUsageError
+from tfos.node.chunk_memory import ChunkMemory
 from tfos.node.feed_queue import Chunk, FeedQueue
 
 # dataset(): whole batches handed to TensorFlow per call of its generator, and their bytes.
 BLOCK_BATCHES = 8
 BLOCK_BYTES = 8 << 20
+# dataset(): blocks assembled from several chunks are kept for reuse, this many blocks' worth
+# (TensorFlow holds the block it slices and the next one its generator made).
+POOLED_BLOCKS = 4
 
 
 class DataFeed:
@@ -39,6 +43,11 @@ class DataFeed:
         With ``within_epoch``, a batch never spans two epochs and ``{}`` marks an epoch's end.
         Returns None once the feed is over.
         """
+        return self._next_columns(batch_size, within_epoch)
+
+    def _next_columns(self, batch_size: int, within_epoch: bool,
+                      memory: ChunkMemory | None = None):
+        """``next_columns``; rows from several chunks are joined in ``memory`` when given."""
         if batch_size < 1:
             raise FeedUsageError(f"batch_size={batch_size}: must be at least 1")
         # Training batches are whole until the feed ends (TensorFlowOnSpark's next_batch), so
@@ -51,7 +60,7 @@ class DataFeed:
             return None
         if not self.train_mode:
             self._pending.extend(pieces)
-        return _assemble(pieces)
+        return _assemble(pieces, memory)
 
     # -- TensorFlowOnSpark's API ------------------------------------------------------------
     def next_batch(self, batch_size: int):
@@ -137,15 +146,19 @@ class DataFeed:
         # The generator hands TensorFlow blocks of up to BLOCK_BATCHES whole batches at once
         # (shape [batches, batch_size, ...]), sliced into batches by tf.data: a Python call and
         # a conversion per block rather than per batch, which is most of a batch's cost.
+        # A block is a view of one chunk, or joined from several in reused memory, aligned
+        # (as the node's large chunks are) for TensorFlow to take it without a copy; an
+        # unaligned array TensorFlow copies, into fresh pages (see ChunkMemory).
         row_bytes = max(1, sum(first[n].itemsize * int(np.prod(first[n].shape[1:]))
                                for n in names))
         per_block = max(1, min(BLOCK_BATCHES, BLOCK_BYTES // (batch_size * row_bytes)))
+        memory = ChunkMemory(POOLED_BLOCKS * per_block * batch_size * row_bytes)
         specs = tuple(tf.TensorSpec((None, None) + first[n].shape[1:],
                                     tf.as_dtype(first[n].dtype)) for n in names)
 
         def blocks():
             while True:
-                batch = self.next_columns(batch_size * per_block, within_epoch=True)
+                batch = self._next_columns(batch_size * per_block, True, memory)
                 if not batch:
                     return
                 if self.input_mapping:
@@ -177,15 +190,30 @@ class DataFeed:
         return {name: array[:0] for name, array in chunk.columns.items()}
 
 
-def _assemble(pieces: list[tuple[Chunk, int, int]]) -> dict[str, np.ndarray]:
+def _assemble(pieces: list[tuple[Chunk, int, int]],
+              memory: ChunkMemory | None = None) -> dict[str, np.ndarray]:
+    """The rows of ``pieces`` as columns: views of a single chunk, else joined (in ``memory``
+    when given)."""
     if not pieces:
         return {}
     if len(pieces) == 1:
         chunk, start, stop = pieces[0]
         return {name: array[start:stop] for name, array in chunk.columns.items()}
     names = list(pieces[0][0].columns)
-    return {name: np.concatenate([c.columns[name][a:b] for c, a, b in pieces])
-            for name in names}
+    if memory is None:
+        return {name: np.concatenate([c.columns[name][a:b] for c, a, b in pieces])
+                for name in names}
+    rows = sum(b - a for _, a, b in pieces)
+    joined = {}
+    for name in names:
+        parts = [c.columns[name][a:b] for c, a, b in pieces]
+        dtype = np.result_type(*parts)
+        if dtype.hasobject or len({p.shape[1:] for p in parts}) > 1:
+            joined[name] = np.concatenate(parts)   # (rows of different shapes: its error)
+            continue
+        joined[name] = np.concatenate(parts, out=memory.empty((rows,) + parts[0].shape[1:],
+                                                              dtype))
+    return joined
 
 
 def _result_columns(results) -> dict[str, np.ndarray]:
