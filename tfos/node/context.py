@@ -156,7 +156,7 @@ class NodeContext:
         from tfos.node.data_feed import DataFeed
         return DataFeed(self._feed_server.queue(qname_in), train_mode, input_mapping,
                         on_terminate=lambda: self._notify(launch.FeedStopped(qname_in)),
-                        timeout=timeout)
+                        timeout=timeout, memory=self._feed_server.memory)
 
     def report_progress(self, epoch: int | None = None, step: int | None = None,
                         **metrics: float) -> None:

@@ -19,16 +19,18 @@ from tfos.node.feed_queue import Chunk, FeedQueue
 # dataset(): whole batches handed to TensorFlow per call of its generator, and their bytes.
 BLOCK_BATCHES = 8
 BLOCK_BYTES = 8 << 20
-# dataset(): blocks assembled from several chunks are kept for reuse, this many blocks' worth
-# (TensorFlow holds the block it slices and the next one its generator made).
+# dataset() without the node's memory: blocks joined from several chunks are kept for reuse,
+# this many blocks' worth (TensorFlow holds the block it slices and the next one).
 POOLED_BLOCKS = 4
 
 
 class DataFeed:
     def __init__(self, queue: FeedQueue, train_mode: bool = True,
                  input_mapping: dict[str, str] | None = None,
-                 on_terminate: Callable[[], None] | None = None, timeout: float | None = None):
+                 on_terminate: Callable[[], None] | None = None, timeout: float | None = None,
+                 memory: ChunkMemory | None = None):
         self.queue = queue
+        self._memory = memory     # the feed server's, where dataset() joins chunks
         self.train_mode = train_mode
         self.input_mapping = input_mapping
         self._on_terminate = on_terminate
@@ -152,7 +154,9 @@ class DataFeed:
         row_bytes = max(1, sum(first[n].itemsize * int(np.prod(first[n].shape[1:]))
                                for n in names))
         per_block = max(1, min(BLOCK_BATCHES, BLOCK_BYTES // (batch_size * row_bytes)))
-        memory = ChunkMemory(POOLED_BLOCKS * per_block * batch_size * row_bytes)
+        memory = self._memory
+        if memory is None:
+            memory = ChunkMemory(POOLED_BLOCKS * per_block * batch_size * row_bytes)
         specs = tuple(tf.TensorSpec((None, None) + first[n].shape[1:],
                                     tf.as_dtype(first[n].dtype)) for n in names)
 

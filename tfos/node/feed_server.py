@@ -58,8 +58,9 @@ class FeedServer:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         # Where the chunks the queues keep are copied: as much as the queues hold, and a quarter
-        # more for the chunks on their way in and those map_fun still reads from.
-        self._memory = ChunkMemory(buffer_bytes + buffer_bytes // 4)
+        # more for the chunks on their way in and those map_fun still reads from (also the
+        # blocks DataFeed.dataset joins from them).
+        self.memory = ChunkMemory(buffer_bytes + buffer_bytes // 4)
         sizes = feed_sizes(buffer_bytes)
         # Each same-host feeder's ring counts against the node's feed memory: see feed_sizes.
         self._listeners = [peer.listen(uri, secret, receive_bytes=sizes.shm_ring_bytes,
@@ -90,7 +91,7 @@ class FeedServer:
             self._ended = dict(last_epochs)
             for q in self._queues.values():
                 q.end_of_data(self._ended.get(q.name, -1))
-        self._memory.release()   # no more data comes: what is buffered frees with its chunks
+        self.memory.release()   # no more data comes: what is buffered frees with its chunks
 
     def progress(self) -> dict[str, m.FeedProgress]:
         """Each feed's records received so far and the epoch its reader is in."""
@@ -110,7 +111,7 @@ class FeedServer:
         with self._lock:
             for q in self._queues.values():
                 q.terminate()
-        self._memory.release()
+        self.memory.release()
 
     # -- stall detection ------------------------------------------------------------------------
     def _watch_stalls(self, timeout: float, on_stall: Callable[[str], None]) -> None:
@@ -221,7 +222,7 @@ class FeedServer:
             columns = {name: array[skip:] for name, array in columns.items()}
             rows -= skip
         # The message's memory is reused by the next recv: the queue keeps a copy.
-        owned = {name: self._memory.copy(array) for name, array in columns.items()}
+        owned = {name: self.memory.copy(array) for name, array in columns.items()}
         return Chunk(owned, rows, hello.epoch, sum(a.nbytes for a in owned.values()), reply,
                      floor=batch.floor)
 
