@@ -17,6 +17,7 @@ import collections
 import numpy as np
 
 from tfos.core.errors import FeedDataError
+from tfos.core.pickled_rows import PickledArray, holds_pickled, materialize, pickled_column
 
 
 def row_fields(row) -> list[str]:
@@ -100,10 +101,14 @@ def _first_bad_structure(rows, names, getters) -> int:
 
 
 def _column(values, name: str, partition: int, first_row: int) -> np.ndarray:
-    try:
-        array = np.asarray(values)
-    except ValueError:
-        array = None
+    # Rows read from pickled batches hold their arrays as PickledArray records
+    # (tfos.core.pickled_rows): joined in one copy when alike, else arrays again.
+    array = pickled_column(values) if set(map(type, values)) == {PickledArray} else None
+    if array is None:
+        array = _as_array(values)
+        if (array is None or array.dtype.hasobject) and any(map(holds_pickled, values)):
+            values = [materialize(v) for v in values]
+            array = _as_array(values)
     if array is None or array.dtype.hasobject:     # a None, or values unlike the others
         for index, value in enumerate(values):
             if value is None:
@@ -120,6 +125,13 @@ def _column(values, name: str, partition: int, first_row: int) -> np.ndarray:
         raise FeedDataError(f"partition {partition}, column {name!r}: dtype {array.dtype} "
                             "cannot be fed; use numbers, booleans or strings")
     return array
+
+
+def _as_array(values) -> np.ndarray | None:
+    try:
+        return np.asarray(values)
+    except ValueError:
+        return None
 
 
 def _first_odd_shape(values: list) -> tuple[int, int]:

@@ -9,6 +9,7 @@ tasks in-process over lists).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -55,6 +56,30 @@ def vectors_as(data, dtype: str):
                         else data[name] for name in data.columns])
 
 
+def pickled_batches(rdd):
+    """``rdd`` as the pickled batches of rows PySpark stores it in (an RDD of ``bytes``, one per
+    batch), for the feed tasks to unpickle themselves (``tfos.core.pickled_rows``); None when
+    its rows are not stored that way, or when it is a chain of Python transformations the feed
+    task would run in the same process (reading its output as bytes would add a Python stage).
+    A cached RDD, or one made by the JVM (``parallelize``), is read as bytes."""
+    from pyspark.rdd import RDD, PipelinedRDD
+    from pyspark.serializers import (
+        AutoBatchedSerializer,
+        BatchedSerializer,
+        CloudPickleSerializer,
+        NoOpSerializer,
+        PickleSerializer,
+    )
+    if isinstance(rdd, PipelinedRDD) and rdd._is_pipelinable():
+        return None
+    jrdd = rdd._jrdd          # (first: building it may change the deserializer)
+    stored = rdd._jrdd_deserializer
+    if type(stored) not in (AutoBatchedSerializer, BatchedSerializer) or \
+            type(stored.serializer) not in (CloudPickleSerializer, PickleSerializer):
+        return None
+    return RDD(jrdd, rdd.ctx, NoOpSerializer())
+
+
 class SparkFeedJobs:
     """Feed jobs of one cluster, under the Spark job group ``job_group``."""
 
@@ -74,9 +99,12 @@ class SparkFeedJobs:
             if is_dataframe(data):
                 data.mapInArrow(functools.partial(feed_task.train_arrow, spec),
                                 "rows long").collect()
-            else:
-                data.mapPartitionsWithIndex(
-                    functools.partial(feed_task.train_rows, spec)).collect()
+                return
+            batches = pickled_batches(data)
+            rows, row_spec = (data, spec) if batches is None else \
+                (batches, dataclasses.replace(spec, pickled=True))
+            rows.mapPartitionsWithIndex(functools.partial(feed_task.train_rows,
+                                                          row_spec)).collect()
 
         return self._in_job_thread(job, what, cancelled)
 

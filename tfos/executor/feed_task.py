@@ -27,7 +27,7 @@ import numpy as np
 
 from rdma import comm as rdma_comm
 from rdma import peer
-from tfos.core import feed_codec
+from tfos.core import feed_codec, pickled_rows
 from tfos.core import feed_messages as fm
 from tfos.core import messages as m
 from tfos.core.config import DEFAULT_FEED_BUFFER_BYTES, feed_sizes
@@ -60,6 +60,8 @@ class FeedSpec:
     driver_address: str | None = None
     # The driver's lease endpoint (tfos.driver.lease_server): which workers take each chunk.
     lease_address: str | None = None
+    # RDD rows come as PySpark's pickled batches, one bytes object each (feed_jobs.run).
+    pickled: bool = False
 
     @property
     def sizes(self):
@@ -284,6 +286,26 @@ class _RowSource:
         return columns
 
 
+class _PickledRowSource(_RowSource):
+    """Rows of a partition given as PySpark's pickled batches of rows (``pickled_batches``):
+    unpickled here with their numpy arrays kept as bytes until a column joins them
+    (``tfos.core.pickled_rows``). If the partition's first row holds arrays deeper than its
+    fields, every row is unpickled as PySpark would."""
+
+    def __init__(self, frames: Iterable, partition: int):
+        super().__init__(self._rows(frames), partition)
+
+    @staticmethod
+    def _rows(frames: Iterable):
+        keep = True
+        for frame in frames:
+            rows = pickled_rows.unpickle_batch(frame, keep)
+            if keep and rows and not pickled_rows.shallow(rows[0]):
+                keep = False
+                rows = [pickled_rows.materialize(row) for row in rows]
+            yield from rows
+
+
 class _ArrowSource:
     """Rows of a partition given as Arrow record batches (``mapInArrow``)."""
 
@@ -325,7 +347,9 @@ class _ArrowSource:
 
 
 def _row_source(spec: FeedSpec, partition: int, rows: Iterable):
-    return _ArrowSource(rows, partition) if spec.arrow else _RowSource(rows, partition)
+    if spec.arrow:
+        return _ArrowSource(rows, partition)
+    return _PickledRowSource(rows, partition) if spec.pickled else _RowSource(rows, partition)
 
 
 def infer_partition(spec: FeedSpec, partition: int, rows: Iterable) -> Iterator[dict]:
