@@ -80,6 +80,13 @@ def pickled_batches(rdd):
     return RDD(jrdd, rdd.ctx, NoOpSerializer())
 
 
+def _read_pickled(rdd, spec: FeedSpec):
+    """``(rdd, spec)``, or its pickled batches and a spec that says so when it can be read that
+    way (``pickled_batches``)."""
+    batches = pickled_batches(rdd)
+    return (rdd, spec) if batches is None else (batches, dataclasses.replace(spec, pickled=True))
+
+
 class SparkFeedJobs:
     """Feed jobs of one cluster, under the Spark job group ``job_group``."""
 
@@ -100,9 +107,7 @@ class SparkFeedJobs:
                 data.mapInArrow(functools.partial(feed_task.train_arrow, spec),
                                 "rows long").collect()
                 return
-            batches = pickled_batches(data)
-            rows, row_spec = (data, spec) if batches is None else \
-                (batches, dataclasses.replace(spec, pickled=True))
+            rows, row_spec = _read_pickled(data, spec)
             rows.mapPartitionsWithIndex(functools.partial(feed_task.train_rows,
                                                           row_spec)).collect()
 
@@ -178,7 +183,8 @@ class SparkFeedJobs:
     def inference(self, data, spec: FeedSpec, output_schema=None):
         """The lazy results of feeding ``data`` (see ``TFCluster.inference``)."""
         if not is_dataframe(data):
-            return data.mapPartitionsWithIndex(functools.partial(feed_task.infer_rows, spec))
+            rows, row_spec = _read_pickled(data, spec)
+            return rows.mapPartitionsWithIndex(functools.partial(feed_task.infer_rows, row_spec))
         from pyspark.sql.types import StructType
         out = output_schema if isinstance(output_schema, StructType) else \
             StructType.fromDDL(output_schema)
