@@ -652,13 +652,16 @@ def test_reserved_ports_are_held_on_the_given_address_only():
 
 # == nothing from the network is unpickled ========================================================
 
-# Calls that turn bytes into arbitrary objects. Two sites are allowed, neither reads a socket:
-# the TF node reads its task's own pipe (the map_fun Spark shipped), and TFEstimator.load reads
-# the train_fn from a directory the user saved and explicitly loads (documented as a pickle).
+# Calls that turn bytes into arbitrary objects. Three sites are allowed, none reads a socket of
+# tfos's: the TF node reads its task's own pipe (the map_fun Spark shipped), TFEstimator.load
+# reads the train_fn from a directory the user saved and explicitly loads (documented as a
+# pickle), and a feed task unpickles the RDD batches its own executor's JVM streams to the
+# Python worker, the same bytes PySpark's worker would otherwise unpickle for it.
 _UNPICKLERS = {("pickle", "loads"), ("pickle", "load"), ("cloudpickle", "loads"),
                ("cloudpickle", "load"), ("marshal", "loads"), ("pickle", "Unpickler"),
                ("shelve", "open"), ("yaml", "load"), ("dill", "loads")}
-_ALLOWED = {("tfos/node/main.py", "pickle.loads"), ("tfos/ml/pipeline.py", "pickle.loads")}
+_ALLOWED = {("tfos/node/main.py", "pickle.loads"), ("tfos/ml/pipeline.py", "pickle.loads"),
+            ("tfos/core/pickled_rows.py", "pickle.loads")}
 
 
 def _deserializing_calls(path: pathlib.Path):
@@ -686,6 +689,13 @@ def test_no_library_code_unpickles_except_the_nodes_pipe_and_a_saved_estimator()
     source = (REPO / "tfos/node/main.py").read_text()
     assert "launch.decode(sys.stdin.buffer.read())" in source
     assert "pickle.loads(payload)" in source and source.count("pickle.loads") == 1
+    # And those of the feed tasks only over the batches of the rows Spark hands them: the one
+    # module that unpickles them, used by one row source.
+    source = (REPO / "tfos/core/pickled_rows.py").read_text()
+    assert source.count("pickle.loads(") == 1 and source.count("(pickle.Unpickler)") == 1
+    users = [p for package in ("tfos", "rdma") for p in (REPO / package).rglob("*.py")
+             if "pickled_rows.unpickle_batch" in p.read_text()]
+    assert [str(p.relative_to(REPO)) for p in users] == ["tfos/executor/feed_task.py"]
     # And this one only in TFEstimator's loader, from the metadata of the saved estimator.
     source = (REPO / "tfos/ml/pipeline.py").read_text()
     assert source.count("pickle.loads") == 1

@@ -8,7 +8,9 @@ it takes to unpickle an MNIST-shaped ``(float32[784], label)`` row, whatever the
 does with it. Feed tasks instead take the batches as bytes (``pickled_batches``, driver side)
 and unpickle them here, with that function replaced by ``PickledArray``, a plain record of the
 array's bytes, dtype, shape and order. A column of them becomes one array by joining their
-bytes (``pickled_column``), which the feed would have copied into a column anyway.
+bytes (``pickled_column``), which the feed would have copied into a column anyway. The
+batches are the bytes the executor's JVM streams to its own Python worker for the task, which
+PySpark would otherwise unpickle there itself: nothing from a tfos socket is unpickled.
 
 Only arrays that are a row, or a field of one, take this path. A partition whose first row
 holds arrays deeper (a list of arrays as one field) is read with numpy's own function instead,
