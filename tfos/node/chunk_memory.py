@@ -37,8 +37,7 @@ _UNUSED_REFS = 3
 class ChunkMemory:
     def __init__(self, limit_bytes: int):
         self._limit = limit_bytes
-        # uint8 arrays owned by the pool, with the offset of their first aligned byte
-        self._buffers: list[tuple[np.ndarray, int]] = []
+        self._buffers: list[np.ndarray] = []     # uint8 arrays owned by the pool
         self._pooled = 0
         self._lock = threading.Lock()
 
@@ -62,25 +61,23 @@ class ChunkMemory:
         if nbytes < MIN_POOLED_BYTES:
             return np.empty(shape, dtype)
         with self._lock:
-            found = self._free_buffer(nbytes)
-            if found is None:
+            buffer = self._free_buffer(nbytes)
+            if buffer is None:
                 size = -(-nbytes // _ROUND) * _ROUND
                 if self._pooled + size > self._limit:
                     return aligned_empty(shape, dtype)
                 buffer = np.empty(size + ALIGN, np.uint8)
-                found = buffer, -buffer.ctypes.data % ALIGN
-                self._buffers.append(found)
+                self._buffers.append(buffer)
                 self._pooled += size
-            buffer, start = found
-            return buffer[start:start + nbytes].view(dtype).reshape(shape)
+            return _aligned_view(buffer, shape, dtype)
 
-    def _free_buffer(self, nbytes: int) -> tuple[np.ndarray, int] | None:
+    def _free_buffer(self, nbytes: int) -> np.ndarray | None:
         """An unused buffer of at least ``nbytes`` and at most a quarter more, if there is one."""
         for index in range(len(self._buffers)):
-            buffer = self._buffers[index][0]
+            buffer = self._buffers[index]
             if nbytes + ALIGN <= buffer.nbytes <= nbytes + nbytes // 4 + _ROUND + ALIGN and \
                     sys.getrefcount(buffer) == _UNUSED_REFS:
-                return self._buffers[index]
+                return buffer
         return None
 
     def release(self) -> None:
@@ -93,7 +90,12 @@ class ChunkMemory:
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised array starting on an ``ALIGN``-byte boundary (outside any pool)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGN, np.uint8)
+    return _aligned_view(np.empty(int(np.prod(shape)) * dtype.itemsize + ALIGN, np.uint8),
+                         shape, dtype)
+
+
+def _aligned_view(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` over ``raw`` (a uint8 array at least ``ALIGN``
+    bytes longer), starting at its first ``ALIGN``-byte boundary."""
     start = -raw.ctypes.data % ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return raw[start:start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
