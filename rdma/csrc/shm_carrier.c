@@ -21,6 +21,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #define ARENA_MAGIC 0x314e455241534f46ull   /* "FOSAREN1" */
 #define HELLO_MAGIC "TFOSSHM1"
@@ -31,6 +34,7 @@
 #define SLICE_MS 50
 #define CHECK_PEER_BYTES ((uint64_t)1 << 20)   /* writes this large first ask if the peer lives */
 #define PUNCH_BYTES ((uint64_t)1 << 20)        /* freed regions this large give their pages back */
+#define STREAM_BYTES ((uint64_t)4 << 20)       /* writes this large bypass the cache (x86-64) */
 
 /* The start of every arena, shared by both processes. The owner consumes the completion queue
  * and publishes its registrations; the peer produces completions and reads registrations. */
@@ -268,6 +272,37 @@ static int push_sent(shm_nic *n, uint64_t wr_id, char *err) {
     return 0;
 }
 
+/* memcpy, except that a write of STREAM_BYTES or more goes with non-temporal stores on x86-64.
+ * The engine writes a large message in pieces of 4 MiB (DIRECT_CHUNK), each too large to be
+ * read back from the peer's cache, and glibc's memcpy streams only larger copies (its threshold
+ * follows the cache size): it copies a 4 MiB piece through the cache, reading each destination
+ * line first. Into shared memory on a 2-core VM, in one run: 64 MiB in 4 MiB pieces at 5.9 GB/s
+ * by memcpy, 8.0 streamed. Smaller messages stay on memcpy, as the peer may still find them in
+ * its cache (a 1 MiB ping-pong ran at 16.7 GB/s by memcpy, 9.4 streamed). */
+static void copy_out(uint8_t *to, const uint8_t *from, uint64_t len) {
+#if defined(__x86_64__)
+    if (len >= STREAM_BYTES) {
+        uint64_t head = (16 - ((uintptr_t)to & 15)) & 15, i = 0;
+        memcpy(to, from, head);
+        to += head, from += head, len -= head;
+        for (; i + 64 <= len; i += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(from + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(from + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(from + i + 32));
+            __m128i d = _mm_loadu_si128((const __m128i *)(from + i + 48));
+            _mm_stream_si128((__m128i *)(to + i), a);
+            _mm_stream_si128((__m128i *)(to + i + 16), b);
+            _mm_stream_si128((__m128i *)(to + i + 32), c);
+            _mm_stream_si128((__m128i *)(to + i + 48), d);
+        }
+        memcpy(to + i, from + i, len - i);
+        _mm_sfence();   /* visible before anything this thread publishes next */
+        return;
+    }
+#endif
+    memcpy(to, from, len);
+}
+
 /* The pieces' total length bytes into the peer's region remote at remote_offset, then the
  * immediate (if asked) and this side's completion. */
 static int write_pieces(shm_nic *n, const tfos_iov *pieces, int npieces, uint64_t length,
@@ -287,7 +322,7 @@ static int write_pieces(shm_nic *n, const tfos_iov *pieces, int npieces, uint64_
     if (length >= CHECK_PEER_BYTES && peer_hung_up(n)) return closed_error(n, err);
     uint8_t *to = (uint8_t *)peer + off + remote_offset;
     for (int i = 0; i < npieces; i++) {
-        if (pieces[i].len) memcpy(to, pieces[i].base, pieces[i].len);
+        if (pieces[i].len) copy_out(to, pieces[i].base, pieces[i].len);
         to += pieces[i].len;
     }
     if (flags & TFOS_NIC_IMM) {
@@ -298,7 +333,7 @@ static int write_pieces(shm_nic *n, const tfos_iov *pieces, int npieces, uint64_
                         n->base.peer, CQ_DEPTH);
         peer->cq[head % CQ_DEPTH].imm = imm;
         peer->cq[head % CQ_DEPTH].length = length;
-        atomic_thread_fence(memory_order_seq_cst);   /* orders non-temporal stores of memcpy too */
+        atomic_thread_fence(memory_order_seq_cst);   /* orders non-temporal stores too */
         atomic_store_explicit(&peer->cq_head, head + 1, memory_order_release);
         n->tx_head = head + 1;
         wake_if_sleeping(peer);
