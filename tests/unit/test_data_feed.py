@@ -115,42 +115,6 @@ def test_dataset_batches_are_whole_and_in_order_across_its_blocks_of_batches():
     assert [v for b in labels for v in b] == list(range(100))
 
 
-def test_datasets_of_the_same_columns_share_one_traced_pipeline_and_read_their_own_feeds():
-    import gc
-
-    from tfos.node import data_feed
-    pipelines = data_feed._pipelines
-    first = DataFeed(feeding([[10, 6]], row_width=5)).dataset(4)
-    traced = dict(pipelines._functions)
-    # Another feed of the same columns: no new trace (tf.function would count a retrace).
-    second_queue = feeding([[9]], row_width=5)
-    for chunk in list(second_queue._epochs[0].chunks):
-        chunk.columns["label"] += 1000
-    second = DataFeed(second_queue).dataset(4)
-    assert pipelines._functions == traced
-    (function,) = [f for key, f in traced.items() if key[0].shape[2:] == (5,)]
-    assert function.experimental_get_tracing_count() == 1
-    # Read in turns: each dataset's batches come from its own feed.
-    a, b = iter(first), iter(second)
-    labels = [int(next(a)[1][0]), int(next(b)[1][0]), int(next(a)[1][0]), int(next(b)[1][0])]
-    assert labels == [0, 1000, 4, 1004]
-    assert [int(y[0]) for _, y in a] == [8, 12]
-    assert [int(y[0]) for _, y in b] == [1008]
-    # Other columns trace their own pipeline.
-    assert [y.shape for _, y in DataFeed(feeding([[3]], row_width=2)).dataset(3)] == [(3,)]
-    assert any(key[0].shape[2:] == (2,) for key in pipelines._functions)
-    # A dataset's generator is kept while the dataset or an iterator of it lives, no longer.
-    gc.collect()
-    sources = len(pipelines._sources)
-    iterator = iter(DataFeed(feeding([[5]], row_width=5)).dataset(5))
-    gc.collect()
-    assert len(pipelines._sources) == sources + 1
-    assert [x.shape for x, _ in iterator] == [(5, 5)]
-    del iterator, a, b, first, second
-    gc.collect()
-    assert len(pipelines._sources) == sources - 2
-
-
 def test_dataset_with_unknown_columns_names_them():
     with pytest.raises(FeedUsageError, match=r"no columns \['pixels'\]"):
         DataFeed(feeding([[2]])).dataset(2, columns=["pixels"])

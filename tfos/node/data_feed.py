@@ -8,10 +8,7 @@ worker.
 """
 from __future__ import annotations
 
-import itertools
-import threading
-import weakref
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -25,63 +22,6 @@ BLOCK_BYTES = 8 << 20
 # dataset() without the node's memory: blocks joined from several chunks are kept for reuse,
 # this many blocks' worth (TensorFlow holds the block it slices and the next one).
 POOLED_BLOCKS = 4
-
-
-class _Pipelines:
-    """The ``tf.data`` pipelines of this process's ``dataset()`` calls, traced once per kind
-    of block and reused by every later call (and every feed) with the same columns.
-
-    Building a pipeline around a Python generator makes TensorFlow trace three functions of
-    ``from_generator`` and the one that slices blocks into batches: 40-50 ms of the GIL here
-    (75 ms for a process's first), paid again by every ``dataset()``. A pipeline is instead a
-    ``tf.function`` of one number, the key of the generator it reads (``source``). Calling it
-    for a new feed costs about 2 ms. The generators are kept while their dataset lives (the
-    datasets made from it and their iterators hold it).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._functions: dict[tuple, Callable] = {}
-        self._sources: dict[int, Callable[[], Iterator]] = {}
-        self._keys = itertools.count()
-
-    def dataset(self, specs: tuple, blocks: Callable[[], Iterator]):
-        """A dataset of batches of the blocks ``blocks()`` yields (tuples of arrays shaped
-        ``[batches, batch_size, ...]`` as ``specs`` say; one column: its tensor alone)."""
-        import tensorflow as tf
-        key = next(self._keys)
-        with self._lock:
-            function = self._functions.get(specs)
-            if function is None:
-                function = self._functions[specs] = self._trace(specs)
-            self._sources[key] = blocks
-        dataset = function(tf.constant(key, tf.int64))
-        weakref.finalize(dataset, self._sources.pop, key, None)
-        return dataset
-
-    def _source(self, key) -> Iterator:
-        blocks = self._sources.get(int(key))
-        if blocks is None:
-            raise FeedUsageError(f"dataset() pipeline {int(key)} was iterated after its dataset "
-                                 "was garbage-collected; keep the dataset while it is read")
-        return blocks()
-
-    def _trace(self, specs: tuple):
-        import tensorflow as tf
-
-        # Nothing for AutoGraph to convert: it would parse and rewrite the functions' source.
-        @tf.autograph.experimental.do_not_convert
-        def batches(*block):
-            return tf.data.Dataset.from_tensor_slices(block[0] if len(block) == 1 else block)
-
-        @tf.function(input_signature=[tf.TensorSpec([], tf.int64)], autograph=False)
-        def pipeline(key):
-            return tf.data.Dataset.from_generator(
-                self._source, args=(key,), output_signature=specs).flat_map(batches)
-        return pipeline
-
-
-_pipelines = _Pipelines()
 
 
 class DataFeed:
@@ -235,7 +175,14 @@ class DataFeed:
                 if rows > whole:     # the epoch's last, short batch
                     yield tuple(batch[n][whole:][None] for n in names)
 
-        dataset = _pipelines.dataset(specs, blocks)
+        # Nothing for AutoGraph to convert: it would parse and rewrite this function's source
+        # on a node's first dataset() (40 ms of the first train's start here).
+        @tf.autograph.experimental.do_not_convert
+        def batches(*block):
+            return tf.data.Dataset.from_tensor_slices(block[0] if len(block) == 1 else block)
+
+        dataset = tf.data.Dataset.from_generator(
+            blocks, output_signature=specs).flat_map(batches)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.OFF
