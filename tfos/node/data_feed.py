@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from tfos.core.errors import FeedUsageError
+from tfos.node import block_dataset
 from tfos.node.chunk_memory import ChunkMemory
 from tfos.node.feed_queue import Chunk, FeedQueue
 
@@ -146,8 +147,9 @@ class DataFeed:
             raise FeedUsageError(f"dataset(columns={names}): the feed has no {named} {missing}; "
                                  f"it has {list(first)}")
         # The generator hands TensorFlow blocks of up to BLOCK_BATCHES whole batches at once
-        # (shape [batches, batch_size, ...]), sliced into batches by tf.data: a Python call and
-        # a conversion per block rather than per batch, which is most of a batch's cost.
+        # (shape [batches, batch_size, ...]), cut into batches by tf.data: a Python call and a
+        # conversion per block rather than per batch, which is most of a batch's cost. The
+        # tf.data source around it is traced once per process (tfos.node.block_dataset).
         # A block is a view of one chunk, or joined from several in reused memory, aligned
         # (as the node's large chunks are) for TensorFlow to take it without a copy; an
         # unaligned array TensorFlow copies, into fresh pages (see ChunkMemory).
@@ -175,14 +177,7 @@ class DataFeed:
                 if rows > whole:     # the epoch's last, short batch
                     yield tuple(batch[n][whole:][None] for n in names)
 
-        # Nothing for AutoGraph to convert: it would parse and rewrite this function's source
-        # on a node's first dataset() (40 ms of the first train's start here).
-        @tf.autograph.experimental.do_not_convert
-        def batches(*block):
-            return tf.data.Dataset.from_tensor_slices(block[0] if len(block) == 1 else block)
-
-        dataset = tf.data.Dataset.from_generator(
-            blocks, output_signature=specs).flat_map(batches)
+        dataset = block_dataset.SOURCES.dataset(specs, blocks)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.OFF
