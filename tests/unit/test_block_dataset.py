@@ -1,9 +1,6 @@
 """The tf.data source of DataFeed.dataset(): traced once per kind of block, callables dropped
-with their datasets, and the allocator left able to reuse freed memory."""
+with their datasets."""
 import gc
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -89,32 +86,3 @@ def test_an_error_in_the_callable_reaches_the_reader():
     with pytest.raises(tf.errors.OpError, match="partition 3 is broken"):
         list(sources.dataset(specs(), blocks))
 
-
-def test_freed_memory_is_reused_after_the_trim_threshold_was_fixed():
-    # In a process of its own: the allocator's settings are process-wide. TensorFlow's
-    # GeneratorDataset fixes the trim threshold at 128 KB (a log line says "Memory patch
-    # applied"); the script does the same, then measures buffers of a batch's size.
-    script = textwrap.dedent("""
-        import ctypes, resource, numpy as np
-        from tfos.node import block_dataset
-
-        def faults_of_large_buffers():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(50):
-                buffer = np.empty(800_000, np.uint8)
-                buffer.fill(1)                    # touched, then freed
-                del buffer
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-        ctypes.CDLL("libc.so.6").mallopt(-1, 128 << 10)     # M_TRIM_THRESHOLD
-        fixed = faults_of_large_buffers()
-        assert block_dataset.keep_freed_memory()
-        faults_of_large_buffers()
-        print(fixed, faults_of_large_buffers())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    fixed, kept = map(int, out.stdout.split())
-    assert fixed > 50 * 150          # each buffer a fresh mapping: 196 pages faulted in
-    assert kept < 50 * 10
