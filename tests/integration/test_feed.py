@@ -72,27 +72,44 @@ def test_uneven_empty_and_single_partitions_of_an_rdd(spark_local_cluster_4x1, s
 def test_python_workers_are_readied_for_the_feed_while_the_nodes_start(spark_local_cluster_4x1,
                                                                         spark_feed_cluster,
                                                                         tmp_path):
-    def feed_modules_loaded(_partition, _rows):   # nested: pickled by value for the workers
+    def readied():   # nested: pickled by value for the workers
         import gc
         import sys
         # and the imports are out of the reach of the full collection PySpark's daemon runs
         # after every task (see feed_task._freeze_heap)
-        yield (all(name in sys.modules
-                   for name in ("tfos.executor.feed_task", "pyarrow", "rdma.shm"))
-               and gc.get_freeze_count() > 10_000)
+        return (all(name in sys.modules
+                    for name in ("tfos.executor.feed_task", "pyarrow", "rdma.shm"))
+                and gc.get_freeze_count() > 10_000)
 
-    sc = spark_local_cluster_4x1.sparkContext
+    def rdd_workers_readied(_partition, _rows):
+        yield readied()
+
+    def dataframe_workers_readied(batches):
+        import pyarrow as pa
+        for _ in batches:
+            pass
+        yield pa.record_batch({"ready": pa.array([readied()])})
+
+    spark = spark_local_cluster_4x1
+    sc = spark.sparkContext
     with spark_feed_cluster() as cluster:
-        cluster._warm_up.join(60)
+        cluster._warm_up.join(120)
         group = f"{cluster.job_group}-feed-warm-up"
-        (job,) = sc.statusTracker().getJobIdsForGroup(group)
-        assert sc.statusTracker().getJobInfo(job).status == "SUCCEEDED"
+        jobs = sc.statusTracker().getJobIdsForGroup(group)
+        # an RDD job, and (the cluster was given a SparkSession) a DataFrame one: Spark runs a
+        # DataFrame's Python functions in workers of their own
+        assert len(jobs) == 2
+        assert {sc.statusTracker().getJobInfo(job).status for job in jobs} == {"SUCCEEDED"}
         # one task per slot the 2 nodes leave free on local-cluster[4,1]; Spark reuses the
         # readied workers for the next tasks there
         assert sc.parallelize(range(2), 2).mapPartitionsWithIndex(
-            feed_modules_loaded).collect() == [True, True]
+            rdd_workers_readied).collect() == [True, True]
         rdd, total = uneven_rdd(sc, [5, 6])
         cluster.train(rdd, num_epochs=1)
+        # (a worker is back in Spark's pool of idle ones a moment after its job ends: checked
+        # after the train, not at once after the warm-up)
+        assert [row.ready for row in spark.range(0, 2, 1, 2).mapInArrow(
+            dataframe_workers_readied, "ready boolean").collect()] == [True, True]
         cluster.shutdown(timeout=120)
     check_epochs(tmp_path, "input", total, epochs=1)
 

@@ -85,6 +85,7 @@ class TFCluster:
         cancels the other Spark jobs (a feed) and raises ``KeyboardInterrupt``, sparing the
         node stage (``tfos.driver.interrupts``).
         """
+        spark_session = _active_session(sc)
         sc = spark_context(sc)
         if log_dir and "://" not in log_dir and not os.path.isabs(log_dir):
             # Relative to where the user stands, not to each executor's working directory.
@@ -144,7 +145,8 @@ class TFCluster:
         if cluster._feeder is not None and config.barrier:
             # The slots the nodes left free are where the feed tasks will run.
             cluster._warm_up = cluster._feeder.jobs.warm_up(
-                min(MAX_WARM_UP_TASKS, sc.defaultParallelism - config.num_nodes))
+                min(MAX_WARM_UP_TASKS, sc.defaultParallelism - config.num_nodes),
+                spark_session)
         return cluster
 
     # -- launch ---------------------------------------------------------------------------
@@ -425,6 +427,19 @@ def _tf_args_gpus(tf_args) -> int | None:
 def _is_dstream(data) -> bool:
     from pyspark.streaming import DStream
     return isinstance(data, DStream)
+
+
+def _active_session(sc_or_session):
+    """The SparkSession ``TFCluster.run`` was given, else the driver's active one (None when it
+    has only a SparkContext: nothing of Spark SQL is started for the feed's warm-up)."""
+    if hasattr(sc_or_session, "sparkContext"):
+        return sc_or_session
+    from pyspark.sql import SparkSession
+    try:
+        return SparkSession.getActiveSession()
+    except Exception as exc:  # noqa: BLE001 - best effort (py4j errors vary)
+        logger.info("no active SparkSession for the feed's warm-up: %s", exc)
+        return None
 
 
 def spark_context(sc_or_session):

@@ -495,6 +495,20 @@ def warm_up(_partition: int, _rows):
     yield os.getpid()
 
 
+def warm_up_arrow(batches):
+    """``mapInArrow`` of the warm-up for DataFrame feeds (``SparkFeedJobs.warm_up``): readies
+    the Python worker Spark keeps for a DataFrame's functions as ``warm_up`` does an RDD's,
+    and yields its process id."""
+    import os
+
+    import pyarrow as pa
+    for _ in batches:
+        pass
+    rdma_comm.preload("shm", "tcp")
+    _freeze_heap()
+    yield pa.record_batch({"pid": pa.array([os.getpid()], pa.int64())})
+
+
 def infer_rows(spec: FeedSpec, partition: int, rows):
     """``mapPartitionsWithIndex`` of an RDD's inference: the results, one per row, in order."""
     for columns in infer_partition(spec, partition, rows):
