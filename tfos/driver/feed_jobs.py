@@ -161,8 +161,8 @@ class SparkFeedJobs:
         application's first ``mapInArrow`` job loads its JVM classes and those workers'
         modules: 8.6 s and 16 s of CPU (5.5 in the driver's JVM, 5.7 in the executors', 4.4
         in the Python workers) on local-cluster[2,2] here, where the next such job took
-        0.3-0.55 s. A DataFrame's first ``train()`` of 60,000 MNIST records took 5.9-6.6 s
-        instead of 1.5-1.9.
+        0.3-0.55 s. A DataFrame's first ``train()`` of 60,000 MNIST records took 6.0-6.6 s
+        (its second 1.5-1.9 s); after the warm-up, 2.35 s.
 
         Best effort: a failure is only logged. The first feed job waits for the warm-up to end
         (``await_warm_up``), so the two never compete for the executors. Returns the thread.
