@@ -482,31 +482,32 @@ def train_arrow(spec: FeedSpec, batches):
     yield pa.record_batch({"rows": pa.array([sent], pa.int64())})
 
 
-def warm_up(_partition: int, _rows):
-    """A task readying an executor's Python worker for feed tasks (``SparkFeedJobs.warm_up``):
-    it imports what feed tasks use besides this module (the transports; Arrow, for DataFrames)
-    and yields the worker's process id. Spark reuses the worker for the next task, which then
-    starts feeding at once instead of spending the first train() on imports."""
+def _ready_worker() -> int:
+    """Imports what feed tasks use besides this module (the transports; Arrow, for DataFrames)
+    and freezes the heap; returns this worker's process id."""
     import os
 
     import pyarrow  # noqa: F401
     rdma_comm.preload("shm", "tcp")
     _freeze_heap()
-    yield os.getpid()
+    return os.getpid()
+
+
+def warm_up(_partition: int, _rows):
+    """A task readying an executor's Python worker for feed tasks (``SparkFeedJobs.warm_up``)
+    and yielding the worker's process id. Spark reuses the worker for the next task, which
+    then starts feeding at once instead of spending the first train() on imports."""
+    yield _ready_worker()
 
 
 def warm_up_arrow(batches):
     """``mapInArrow`` of the warm-up for DataFrame feeds (``SparkFeedJobs.warm_up``): readies
     the Python worker Spark keeps for a DataFrame's functions as ``warm_up`` does an RDD's,
     and yields its process id."""
-    import os
-
     import pyarrow as pa
     for _ in batches:
         pass
-    rdma_comm.preload("shm", "tcp")
-    _freeze_heap()
-    yield pa.record_batch({"pid": pa.array([os.getpid()], pa.int64())})
+    yield pa.record_batch({"pid": pa.array([_ready_worker()], pa.int64())})
 
 
 def infer_rows(spec: FeedSpec, partition: int, rows):
